@@ -1,0 +1,265 @@
+"""Encoded H.264 frames in, closed MPEG-TS segments out.
+
+``Segmenter.outputframe`` has the shape of picamera2's ``Output.outputframe``,
+so the real encoder and the synthetic backend feed it the same way. It splits
+only at a keyframe once the segment length is reached, so every frame lands in
+exactly one segment. PTS are the capture timestamps, relative to the first
+frame of this run, so they continue across segment boundaries. MPEG-TS needs
+no index at the end: a segment cut short by a power loss still plays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from .naming import SegmentName, boot_id, iso
+from .spool import Spool
+
+log = logging.getLogger("hatcam.segmenter")
+
+MPEGTS_CLOCK = 90_000
+TIME_BASE = Fraction(1, MPEGTS_CLOCK)
+FLUSH_EVERY = 1.0  # seconds: the most a power cut may take from the open segment
+_TIME_ERROR = 5  # adjtimex() state when the kernel clock is not NTP-synchronised
+
+
+def clock_synchronized() -> bool:
+    """True when the kernel says the clock is NTP-synchronised (what timedatectl shows)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex, modes=0: read only
+        return libc.adjtimex(timex) not in (-1, _TIME_ERROR)
+    except (OSError, AttributeError):
+        return False
+
+
+class SegmentFile:
+    """One MPEG-TS file being written; flushed to the card at least once a second."""
+
+    def __init__(self, path: Path, name: SegmentName, width: int, height: int, fps: int):
+        self.path = path
+        self.name = name
+        self.fh = open(path, "wb")  # noqa: SIM115 - closed in close(), outlives this call
+        self.container = av.open(
+            self.fh, "w", format="mpegts", container_options={"flush_packets": "1"}
+        )
+        self.stream = self.container.add_stream("h264", rate=fps)
+        self.stream.width, self.stream.height = width, height
+        self.stream.time_base = TIME_BASE
+        self.fps = fps
+        self.frames = 0
+        self.first_pts: int | None = None
+        self.last_pts: int | None = None
+        self.last_sync = time.monotonic()
+
+    def write(self, data: bytes, keyframe: bool, pts: int) -> None:
+        packet = av.Packet(data)
+        packet.stream = self.stream
+        packet.time_base = TIME_BASE
+        packet.pts = packet.dts = pts
+        packet.is_keyframe = keyframe
+        self.container.mux(packet)
+        self.frames += 1
+        if self.first_pts is None:
+            self.first_pts = pts
+        self.last_pts = pts
+        if time.monotonic() - self.last_sync >= FLUSH_EVERY:
+            self.sync()
+
+    def sync(self) -> None:
+        self.fh.flush()
+        os.fdatasync(self.fh.fileno())
+        self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        self.container.close()
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+    def duration(self) -> float:
+        if self.first_pts is None:
+            return 0.0
+        return (self.last_pts - self.first_pts) / MPEGTS_CLOCK + 1 / self.fps
+
+
+def segment_metadata(device, name: SegmentName, frames, duration, first_pts, synced) -> dict:
+    return {
+        "device": device,
+        "start": iso(name.start),
+        "end": iso(name.start + timedelta(seconds=duration)),
+        "frames": frames,
+        "first_pts": first_pts,
+        "clock_synced": synced,
+    }
+
+
+class Segmenter:
+    """Receives encoded frames and writes gap-free segments into the spool.
+
+    ``room`` is asked before each segment (and once a second while writing)
+    whether recording may go on; when it says no, the open segment is closed
+    and frames are dropped until it says yes again, resuming at a keyframe.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        device: str,
+        width: int,
+        height: int,
+        fps: int,
+        segment_seconds: float,
+        room: Callable[[], bool] = lambda: True,
+        on_closed: Callable[[Path, dict], None] = lambda path, meta: None,
+    ):
+        self.spool = spool
+        self.device = device
+        self.width, self.height, self.fps = width, height, fps
+        self.segment_us = int(segment_seconds * 1_000_000)
+        self.room = room
+        self.on_closed = on_closed
+        self.boot = boot_id()
+        self.lock = threading.Lock()
+        self.current: SegmentFile | None = None
+        self.segment_start_us = 0
+        self.run_start_us: int | None = None
+        self.synced = False
+        self.paused = False
+        self.last_room_check = 0.0
+        self.frames_dropped = 0
+        self.segments_closed = 0
+
+    # picamera2's Output.outputframe signature (timestamp in microseconds).
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        if audio:
+            return
+        if timestamp is None:
+            timestamp = time.monotonic_ns() // 1000
+        with self.lock:
+            self._frame(bytes(frame), bool(keyframe), int(timestamp))
+
+    def _frame(self, data: bytes, keyframe: bool, timestamp: int) -> None:
+        if self.run_start_us is None:
+            self.run_start_us = timestamp
+        now = time.monotonic()
+        if now - self.last_room_check >= FLUSH_EVERY or self.current is None:
+            self.last_room_check = now
+            self._check_room()
+        if self.paused:
+            self.frames_dropped += 1
+            return
+        if (
+            self.current is not None
+            and keyframe
+            and timestamp - self.segment_start_us >= self.segment_us
+        ):
+            self._close()
+        if self.current is None:
+            if not keyframe:  # a segment must start with a keyframe to play on its own
+                self.frames_dropped += 1
+                return
+            self._open(timestamp)
+        pts = (timestamp - self.run_start_us) * MPEGTS_CLOCK // 1_000_000
+        self.current.write(data, keyframe, pts)
+
+    def _check_room(self) -> None:
+        ok = self.room()
+        if not ok and not self.paused:
+            log.warning("disk floor reached: recording paused until space is freed")
+            self._close()
+            self.paused = True
+        elif ok and self.paused:
+            log.warning(
+                "disk space available again: recording resumes (%d frames not recorded)",
+                self.frames_dropped,
+            )
+            self.paused = False
+
+    def _open(self, timestamp: int) -> None:
+        name = SegmentName(datetime.now(UTC), self.boot, self.spool.next_seq())
+        self.segment_start_us = timestamp
+        self.synced = clock_synchronized()
+        self.current = SegmentFile(
+            self.spool.recording / name.filename, name, self.width, self.height, self.fps
+        )
+
+    def _close(self) -> None:
+        segment, self.current = self.current, None
+        if segment is None:
+            return
+        segment.close()
+        meta = segment_metadata(
+            self.device,
+            segment.name,
+            segment.frames,
+            segment.duration(),
+            segment.first_pts,
+            self.synced,
+        )
+        path = self.spool.commit(segment.path, meta)
+        self.segments_closed += 1
+        log.info(
+            "segment ready: %s (%d frames, %.2f s)", path.name, meta["frames"], segment.duration()
+        )
+        self.on_closed(path, meta)
+
+    def close(self) -> None:
+        """Close the open segment properly (on SIGTERM or when the camera stops)."""
+        with self.lock:
+            self._close()
+
+    @property
+    def current_name(self) -> str | None:
+        segment = self.current
+        return segment.path.name if segment else None
+
+
+def probe(path: Path) -> tuple[int, int | None, int | None]:
+    """(frames, first pts, last pts) of a possibly truncated MPEG-TS file."""
+    frames, first, last = 0, None, None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0, None, None
+            for packet in container.demux(video=0):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                frames += 1
+                first = packet.pts if first is None else first
+                last = packet.pts
+    except av.error.FFmpegError as exc:  # a torn tail: keep what was read before it
+        log.warning("%s: read stopped early (%s); keeping %d frames", path.name, exc, frames)
+    return frames, first, last
+
+
+def recover(spool: Spool, device: str, fps: int) -> list[Path]:
+    """Move segments left in recording/ by a crash or power cut into ready/."""
+    recovered = []
+    for path in sorted(spool.recording.glob("*.ts")):
+        name = SegmentName.parse(path.name)
+        frames, first, last = probe(path) if name else (0, None, None)
+        if frames == 0:
+            log.warning("discarding %s: it holds no complete frame", path.name)
+            path.unlink(missing_ok=True)
+            continue
+        duration = (last - first) / MPEGTS_CLOCK + 1 / fps
+        # Whether the clock was synchronised back then is unknown: say no.
+        meta = segment_metadata(device, name, frames, duration, first, False)
+        meta["recovered"] = True
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        recovered.append(spool.commit(path, meta))
+        log.warning("recovered %s after an unclean stop (%d frames)", path.name, frames)
+    return recovered
