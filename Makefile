@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 APT_PACKAGES := redis-server nodejs npm
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help setup test lint clean
@@ -17,13 +18,13 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: files/hatcam/pyproject.toml
+$(VENV)/.installed: files/hatcam/pyproject.toml requirements-dev.txt
 	@missing=$$(for p in $(APT_PACKAGES) python3-venv; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing apt packages: $$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './files/hatcam[test]'
+	$(PY) -m pip install -q -e ./files/hatcam -r requirements-dev.txt
 	touch $@
 
 $(AZURITE):
@@ -32,10 +33,10 @@ $(AZURITE):
 setup: $(VENV)/.installed $(AZURITE) ## install everything the tests need (apt, venv, Azurite)
 
 lint: setup ## ruff on the package and the tests
-	$(VENV)/bin/ruff check files/hatcam tests
+	ruff check files/hatcam tests
 
 test: setup lint ## the whole suite, against real Azurite and redis-server
-	$(VENV)/bin/pytest -q tests
+	pytest -q tests
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .cache .pytest_cache

@@ -123,6 +123,7 @@ class Segmenter:
         segment_seconds: float,
         room: Callable[[], bool] = lambda: True,
         on_closed: Callable[[Path, dict], None] = lambda path, meta: None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.spool = spool
         self.device = device
@@ -130,6 +131,7 @@ class Segmenter:
         self.segment_us = int(segment_seconds * 1_000_000)
         self.room = room
         self.on_closed = on_closed
+        self.wall_clock = wall_clock  # names segments; tests pass their own
         self.boot = boot_id()
         self.lock = threading.Lock()
         self.current: SegmentFile | None = None
@@ -188,7 +190,7 @@ class Segmenter:
             self.paused = False
 
     def _open(self, timestamp: int) -> None:
-        name = SegmentName(datetime.now(UTC), self.boot, self.spool.next_seq())
+        name = SegmentName(self.wall_clock(), self.boot, self.spool.next_seq())
         self.segment_start_us = timestamp
         self.synced = clock_synchronized()
         self.current = SegmentFile(
