@@ -12,6 +12,7 @@ verified, stitched or deleted (the report says which), 2 bad options.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -87,6 +88,13 @@ def add_arguments(parser) -> None:
         metavar="ZONE",
         help="time zone of the legacy blob names, e.g. Europe/London (default: this computer's)",
     )
+
+
+def build_args(argv: list[str]):
+    """The fetch options alone, parsed (for scripts and tests that skip the CLI)."""
+    parser = argparse.ArgumentParser(prog="hatcam fetch")
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 # --- report helpers ---------------------------------------------------------------
