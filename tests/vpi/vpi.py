@@ -171,7 +171,8 @@ chroot "$R" useradd -m -s /bin/bash -G sudo,video,adm,dialout,plugdev pi
 echo 'pi ALL=(ALL) NOPASSWD: ALL' > "$R/etc/sudoers.d/010_pi-nopasswd"
 chmod 0440 "$R/etc/sudoers.d/010_pi-nopasswd"
 echo raspberrypi > "$R/etc/hostname"
-printf '127.0.0.1\\tlocalhost\\n::1\\t\\tlocalhost ip6-localhost ip6-loopback\\n127.0.1.1\\traspberrypi\\n' > "$R/etc/hosts"
+printf '127.0.0.1\\tlocalhost\\n::1\\t\\tlocalhost ip6-localhost ip6-loopback\\n' > "$R/etc/hosts"
+printf '127.0.1.1\\traspberrypi\\n' >> "$R/etc/hosts"
 mkdir -p "$R/boot/firmware"
 cat > "$R/boot/firmware/config.txt" <<'EOF'
 {CONFIG_TXT}EOF
