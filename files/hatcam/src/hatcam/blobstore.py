@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import ContainerClient, ExponentialRetry
 
-SDK_OPTIONS = {
-    "retry_total": 2,
-    "retry_backoff_factor": 0.5,
-    "connection_timeout": 10,
-    "read_timeout": 60,
-}
+# The storage SDK's default retry waits 15 s, then 18 s... before giving up: far
+# too long under an outer loop that already retries forever.
+SDK_OPTIONS = {"connection_timeout": 10, "read_timeout": 60}
 
 
-def container_client(settings, **overrides) -> ContainerClient:
-    options = {**SDK_OPTIONS, **overrides}
+def container_client(settings, retries: int = 2, **overrides) -> ContainerClient:
+    options = {
+        "retry_policy": ExponentialRetry(
+            initial_backoff=0.5, increment_base=2, retry_total=retries, random_jitter_range=1
+        ),
+        **SDK_OPTIONS,
+        **overrides,
+    }
     if settings.blob_sas_url:
         return ContainerClient.from_container_url(settings.blob_sas_url, **options)
     return ContainerClient.from_connection_string(

@@ -98,7 +98,7 @@ def read_environment(env_file: str | Path | None = None, environ=None) -> dict[s
     environ = os.environ if environ is None else environ
     if env_file is not None:
         path = Path(env_file)
-        if not path.is_file():
+        if not path.exists() or path.is_dir():
             raise ConfigError([f"--env-file: {path} does not exist or is not a file"])
     else:
         path = next((p for p in DEFAULT_ENV_FILES if p.is_file()), None)
@@ -190,7 +190,9 @@ def _check_sas_url(p: _Parser, text: str | None) -> None:
     container = url.path.strip("/")
     if url.scheme not in ("https", "http") or not url.netloc:
         p.fail("HATCAM_BLOB_SAS_URL", "must be an https:// container URL with a SAS token")
-    elif not container or "/" in container:
+    elif not container or container.count("/") > 1:
+        # https://account.blob.core.windows.net/container, or path-style
+        # http://host:port/account/container (emulators, private endpoints).
         p.fail("HATCAM_BLOB_SAS_URL", "must name exactly one container in its path")
     elif "sig" not in parse_qs(url.query):
         p.fail("HATCAM_BLOB_SAS_URL", "has no SAS token (sig=...) in its query string")

@@ -173,7 +173,7 @@ class Segmenter:
                 self.frames_dropped += 1
                 return
             self._open(timestamp)
-        pts = (timestamp - self.run_start_us) * MPEGTS_CLOCK // 1_000_000
+        pts = round((timestamp - self.run_start_us) * MPEGTS_CLOCK / 1_000_000)
         self.current.write(data, keyframe, pts)
 
     def _check_room(self) -> None:

@@ -1,0 +1,220 @@
+"""The uploader against a real Azurite: exactly once, never loses a queued segment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+import uuid
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+
+from hatcam import config
+from hatcam.naming import SegmentName
+from hatcam.spool import Spool
+from hatcam.uploader import Uploader
+
+from footage import record, start_hatcam
+from services import Azurite
+
+
+def wait_until(predicate, timeout, what, poll=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def container_name():
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def queued(tmp_path, segments=6):
+    """A spool holding real segments, and what each should look like in the cloud."""
+    spool = record(tmp_path / "spool", 30 * segments, segment_seconds=1.0)
+    expected = {}
+    for path in spool.ready_segments():
+        meta = spool.read_metadata(path)
+        blob = SegmentName.parse(path.name).blob_name(meta["device"])
+        expected[blob] = (hashlib.md5(path.read_bytes()).digest(), meta)
+    return spool, expected
+
+
+def settings_for(spool, **extra):
+    return {"HATCAM_SPOOL_DIR": spool.root, "HATCAM_RETRY_MAX_SECONDS": "1", **extra}
+
+
+def assert_landed_exactly_once(client, expected):
+    blobs = {b.name: b for b in client.list_blobs(include=["metadata"])}
+    assert sorted(blobs) == sorted(expected), "every segment once, nothing else"
+    for name, (md5, meta) in expected.items():
+        blob = blobs[name]
+        assert blob.content_settings.content_md5 == md5
+        assert blob.metadata["device"] == meta["device"]
+        assert blob.metadata["start"] == meta["start"]
+        assert blob.metadata["frames"] == str(meta["frames"])
+        assert blob.metadata["clock_synced"] in ("true", "false")
+
+
+def test_segments_land_once_with_md5_and_metadata_and_the_spool_empties(
+    tmp_path, azurite, container_name
+):
+    spool, expected = queued(tmp_path)
+    proc = start_hatcam(
+        "upload",
+        log=tmp_path / "upload.log",
+        settings=settings_for(
+            spool,
+            BLOB_CONNECTION_STRING=azurite.connection_string(),
+            HATCAM_BLOB_CONTAINER=container_name,
+        ),
+    )
+    try:
+        wait_until(lambda: not spool.ready_segments(), 30, "the spool to empty")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert_landed_exactly_once(azurite.container(container_name), expected)
+    assert not list(spool.ready.glob("*.json")), "metadata goes with its segment"
+    state = json.loads((spool.state / "uploader.json").read_text())
+    assert state["uploaded"] == len(expected) and state["last_error"] is None
+
+
+def test_blob_store_down_then_back_every_segment_lands_once(tmp_path, container_name):
+    store = Azurite(tmp_path / "azurite").start()
+    store.container(container_name)
+    store.stop()  # the hotspot drops before anything is sent
+    spool, expected = queued(tmp_path)
+    log = tmp_path / "upload.log"
+    proc = start_hatcam(
+        "upload",
+        log=log,
+        settings=settings_for(
+            spool,
+            BLOB_CONNECTION_STRING=store.connection_string(),
+            HATCAM_BLOB_CONTAINER=container_name,
+        ),
+    )
+    try:
+        wait_until(lambda: "blob store unreachable" in log.read_text(), 30, "an error line")
+        time.sleep(3)
+        assert len(spool.ready_segments()) == len(expected), "nothing deleted while down"
+        store.start()  # same port, same data directory
+        wait_until(lambda: not spool.ready_segments(), 60, "the spool to drain")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        store.stop()
+    store.start()
+    try:
+        assert_landed_exactly_once(store.container(container_name, create=False), expected)
+    finally:
+        store.stop()
+
+
+def test_uploader_killed_mid_upload_loses_nothing_and_duplicates_nothing(
+    tmp_path, azurite, container_name
+):
+    spool, expected = queued(tmp_path, segments=60)
+    settings = settings_for(
+        spool,
+        BLOB_CONNECTION_STRING=azurite.connection_string(),
+        HATCAM_BLOB_CONTAINER=container_name,
+    )
+    for _ in range(5):  # SIGKILL right after an upload, likely while sending the next
+        left = len(spool.ready_segments())
+        proc = start_hatcam("upload", settings=settings, log=tmp_path / "upload.log")
+        wait_until(lambda n=left: len(spool.ready_segments()) < n, 30, "an upload", poll=0.005)
+        proc.kill()
+        proc.wait()
+    assert spool.ready_segments(), "the test must kill it before the queue is empty"
+    proc = start_hatcam("upload", settings=settings, log=tmp_path / "upload.log")
+    try:
+        wait_until(lambda: not spool.ready_segments(), 60, "the spool to drain")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert_landed_exactly_once(azurite.container(container_name), expected)
+
+
+def test_a_lost_reply_is_not_an_error_and_not_a_loop(tmp_path, azurite, container_name):
+    spool, expected = queued(tmp_path, segments=2)
+    first = spool.ready_segments()[0]
+    settings = config.parse(
+        {
+            k: str(v)
+            for k, v in settings_for(
+                spool,
+                BLOB_CONNECTION_STRING=azurite.connection_string(),
+                HATCAM_BLOB_CONTAINER=container_name,
+            ).items()
+        }
+    )
+    uploader = Uploader(settings, Spool(spool.root))
+    assert uploader.upload(first)
+    # The blob landed but the reply was lost: the file is back in the queue.
+    spool.ready.joinpath(first.name).write_bytes(b"")  # any content: the name decides
+    (spool.ready / first.with_suffix(".json").name).write_text(
+        json.dumps(expected[next(iter(expected))][1])
+    )
+    for segment in spool.ready_segments():
+        assert uploader.upload(segment)
+    assert uploader.already_there == 1 and not spool.ready_segments()
+    assert_landed_exactly_once(azurite.container(container_name), expected)
+
+
+def test_create_only_sas_uploads_but_cannot_list_read_or_delete(tmp_path, azurite, container_name):
+    azurite.container(container_name)
+    spool, expected = queued(tmp_path, segments=2)
+    sas_url = azurite.sas_url(container_name, "cw")
+    proc = start_hatcam(
+        "upload",
+        log=tmp_path / "upload.log",
+        settings=settings_for(spool, HATCAM_BLOB_SAS_URL=sas_url),
+    )
+    try:
+        wait_until(lambda: not spool.ready_segments(), 30, "the spool to drain")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert_landed_exactly_once(azurite.container(container_name), expected)
+
+    from azure.storage.blob import ContainerClient
+
+    device = ContainerClient.from_container_url(sas_url)
+    some_blob = next(iter(expected))
+    for attempt in (
+        lambda: list(device.list_blobs()),
+        lambda: device.download_blob(some_blob).readall(),
+        lambda: device.delete_blob(some_blob),
+    ):
+        with pytest.raises(HttpResponseError) as refused:
+            attempt()
+        assert refused.value.status_code == 403
+    assert some_blob in {b.name for b in azurite.container(container_name).list_blobs()}
+
+
+def test_bad_credentials_keep_the_queue_and_say_why(tmp_path, azurite, container_name):
+    azurite.container(container_name)
+    spool, expected = queued(tmp_path, segments=2)
+    forged = azurite.sas_url(container_name, "cw").replace("sig=", "sig=AAAA")
+    log = tmp_path / "upload.log"
+    proc = start_hatcam("upload", log=log, settings=settings_for(spool, HATCAM_BLOB_SAS_URL=forged))
+    try:
+        wait_until(lambda: log.read_text().count("upload refused") >= 2, 30, "two back-offs")
+        assert proc.poll() is None, "the uploader keeps running"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    refused = [line for line in log.read_text().splitlines() if "upload refused" in line]
+    assert "credential is wrong, expired or revoked" in refused[0]
+    assert "keeping 2 segment(s) queued" in refused[0]
+    assert "AAAA" not in log.read_text() and "sig=" not in log.read_text()
+    assert len(spool.ready_segments()) == len(expected)
+    state = json.loads((spool.state / "uploader.json").read_text())
+    assert "credential is wrong" in state["last_error"]
