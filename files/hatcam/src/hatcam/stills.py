@@ -56,6 +56,7 @@ class StillsPublisher:
         self.last_key_second = 0
         self.stored = 0
         self.dropped = 0
+        self.expired = 0
         self.missed_slots = 0
         self.round_trips = 0
         self.schedule_errors: list[float] = []  # capture start minus its slot, seconds
@@ -155,12 +156,13 @@ class StillsPublisher:
     def _write(self, pending: PendingStill) -> None:
         ttl = round(self.expiry - (time.time() - pending.captured))
         if ttl <= 0:
+            self.expired += 1
             log.info("%s expired while Redis was unreachable; not written", pending.key)
             return
         still = pending.still
         fields = {
             "image_data": still.jpeg,
-            "timestamp": int(pending.captured),
+            "timestamp": round(pending.captured, 3),  # unix seconds, ms precision
             "mime_type": "image/jpeg",
             "lux": still.lux,
             "device": self.device,
@@ -173,12 +175,16 @@ class StillsPublisher:
         self.round_trips += 1
         self.stored += 1
 
+    def buffered_count(self) -> int:
+        with self.cond:
+            return len(self.buffer)
+
     def state(self) -> dict:
         return {
             "redis": self.where,
             "connected": self.connected,
             "stored": self.stored,
-            "buffered": len(self.buffer),
+            "buffered": self.buffered_count(),
             "dropped": self.dropped,
             "last_error": self.last_error,
         }
