@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import pytest
 from azure.storage.blob import ContentSettings
+
 from hatcam import cli, config
 from hatcam.camera.synthetic import SyntheticCamera
 from hatcam.segmenter import Segmenter
@@ -391,7 +392,10 @@ def test_delete_after_without_delete_rights_says_so_and_deletes_nothing(
 
     # The same with the SAS inside a connection string.
     token = azurite.sas_url(name, "rl").split("?", 1)[1]
-    sas_conn = f"AccountName=devstoreaccount1;BlobEndpoint={azurite.endpoint};SharedAccessSignature={token}"
+    sas_conn = (
+        f"AccountName=devstoreaccount1;BlobEndpoint={azurite.endpoint};"
+        f"SharedAccessSignature={token}"
+    )
     env = write_env(tmp_path, BLOB_CONNECTION_STRING=sas_conn, HATCAM_BLOB_CONTAINER=name)
     status, _, err = fetch(capsys, env, out, "--device", "dev1", "--delete-after")
     assert status == 2
