@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
-APT_PACKAGES := redis-server nodejs npm
+APT_PACKAGES := redis-server nodejs npm libcap-dev
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 

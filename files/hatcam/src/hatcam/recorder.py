@@ -19,7 +19,7 @@ STATE_EVERY = 2.0  # seconds between state file updates
 class Recorder:
     def __init__(self, settings, camera=None):
         self.settings = settings
-        self.spool = Spool(settings.spool_dir).ensure()
+        self.spool = Spool(settings.spool_dir)
         self.stop_event = threading.Event()
         self.state_file = StateFile(self.spool.state / "camera.json")
         segment_mb = settings.bitrate * settings.segment_seconds / 8 / 1e6
@@ -40,9 +40,10 @@ class Recorder:
 
     def run(self) -> int:
         s = self.settings
+        self.camera = self.camera or open_camera(s)
+        self.spool.ensure()
         for path in recover(self.spool, s.device, s.fps):
             log.info("recovered segment queued for upload: %s", path.name)
-        self.camera = self.camera or open_camera(s)
         if s.stills:
             from .stills import StillsPublisher
 

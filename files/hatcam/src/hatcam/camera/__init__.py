@@ -46,8 +46,17 @@ def open_camera(settings) -> Camera:
             settings.bitrate,
             realtime=settings.synthetic_pace == "realtime",
         )
-    from .picam import PiCamera  # imports picamera2, present only on a Pi
+    try:
+        from .picam import PiCamera  # imports picamera2, present only on a Pi
+    except ImportError as exc:
+        from ..config import ConfigError
 
+        raise ConfigError(
+            [
+                f"HATCAM_CAMERA: picamera2 cannot be imported ({exc.name or exc}); install "
+                "python3-picamera2 from Pi OS's apt, or use HATCAM_CAMERA=synthetic"
+            ]
+        ) from None
     return PiCamera(
         settings.width,
         settings.height,
