@@ -6,8 +6,6 @@ per-request timeouts are short so a dead hotspot is noticed quickly.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
 # The storage SDK's default retry waits 15 s, then 18 s... before giving up: far
@@ -30,14 +28,7 @@ def container_client(settings, retries: int = 2, **overrides) -> ContainerClient
     )
 
 
-def describe(settings) -> str:
-    """Where blobs go, safe to log: account host and container, no key or signature."""
-    if settings.blob_sas_url:
-        url = urlsplit(settings.blob_sas_url)
-        return f"{url.netloc}{url.path} (SAS)"
-    parts = dict(
-        item.split("=", 1) for item in settings.blob_connection_string.split(";") if "=" in item
-    )
-    account = parts.get("AccountName", "devstoreaccount1")
-    endpoint = parts.get("BlobEndpoint", f"https://{account}.blob.core.windows.net")
-    return f"{urlsplit(endpoint).netloc}/{settings.blob_container} (connection string)"
+def describe(client: ContainerClient) -> str:
+    """Where blobs go, safe to log: host and container, never a key or signature."""
+    how = "SAS" if client.credential is None else "account key"
+    return f"{client.primary_hostname}/{client.container_name} ({how})"

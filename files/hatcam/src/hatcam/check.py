@@ -19,8 +19,8 @@ from .uploader import explain
 def check_blob(settings) -> tuple[bool, str]:
     if not settings.has_blob_credential:
         return False, "not configured (BLOB_CONNECTION_STRING or HATCAM_BLOB_SAS_URL)"
-    where = describe(settings)
     client = container_client(settings, retries=0)
+    where = describe(client)
     try:
         client.get_container_properties()
         return True, f"{where}: reachable, container exists"

@@ -64,7 +64,7 @@ class Uploader:
         self.settings = settings
         self.spool = spool
         self.client = client or container_client(settings)
-        self.where = describe(settings)
+        self.where = describe(self.client)
         self.stop_event = threading.Event()
         self.state = StateFile(spool.state / "uploader.json")
         self.uploaded = 0
