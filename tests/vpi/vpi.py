@@ -136,6 +136,8 @@ def log(msg: str) -> None:
 
 
 def run(cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    # stdout is kept for the JSON `up` prints; tools talk on stderr.
+    kw.setdefault("stdout", sys.stderr)
     return subprocess.run(cmd, check=check, text=True, **kw)
 
 
