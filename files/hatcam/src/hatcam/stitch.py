@@ -27,6 +27,14 @@ TIME_BASE = Fraction(1, CLOCK)
 LEGACY_SLOP = 1.0  # seconds: legacy names have whole seconds, so smaller gaps are noise
 
 
+def _to_ticks(time_base: Fraction):
+    """A fast int function turning timestamps in ``time_base`` into 90 kHz ticks."""
+    if time_base == TIME_BASE:
+        return int
+    num, den = time_base.numerator * CLOCK, time_base.denominator
+    return lambda value: value * num // den
+
+
 def inspect(path: Path, legacy: bool) -> dict:
     """Frames, first/last PTS (90 kHz), frame interval and size of one segment file."""
     frames, first, last = 0, None, None
@@ -36,14 +44,14 @@ def inspect(path: Path, legacy: bool) -> dict:
                 raise ValueError(f"{path.name}: no video stream")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
+            ticks = _to_ticks(stream.time_base)
             for packet in container.demux(stream):
                 if packet.size == 0 or (packet.pts is None and not legacy):
                     continue
                 frames += 1
                 if not legacy:
-                    pts = int(packet.pts * packet.time_base * CLOCK)
-                    first = pts if first is None else first
-                    last = pts
+                    last = ticks(packet.pts)
+                    first = last if first is None else first
     except av.error.FFmpegError as exc:
         raise ValueError(f"{path.name}: not readable as video ({exc})") from None
     if frames == 0:
@@ -251,15 +259,15 @@ def write(run: Run, path: Path) -> None:
 def _copy(src, stream, target, placed: Placed, out) -> None:
     seg = placed.segment
     index = 0
+    ticks = _to_ticks(stream.time_base)
     for packet in src.demux(stream):
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
             continue
         if seg.legacy:
             pts = dts = index * seg.ticks
         else:
-            scale = packet.time_base * CLOCK
-            pts = int(packet.pts * scale)
-            dts = int(packet.dts * scale) if packet.dts is not None else pts
+            pts = ticks(packet.pts)
+            dts = ticks(packet.dts) if packet.dts is not None else pts
         index += 1
         packet.stream = target
         packet.time_base = TIME_BASE
@@ -273,11 +281,12 @@ def measure(path: Path) -> tuple[int, int]:
     frames, first, end = 0, None, 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        ticks = _to_ticks(stream.time_base)
         for packet in container.demux(stream):
             if packet.size == 0 or packet.pts is None:
                 continue
             frames += 1
-            pts = int(packet.pts * packet.time_base * CLOCK)
+            pts = ticks(packet.pts)
             first = pts if first is None else min(first, pts)
-            end = max(end, pts + int((packet.duration or 0) * packet.time_base * CLOCK))
+            end = max(end, ticks(packet.pts + (packet.duration or 0)))
     return frames, end - (first or 0)

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Fetch + stitch N segments: ``hatcam fetch`` against a plain baseline, same run.
+
+    .venv/bin/python bench/fetch_bench.py [--segments 360] [--seconds 2] [--size 320x240]
+
+Starts its own Azurite, records N segments with the synthetic camera through
+the real segmenter, uploads them like the device (Content-MD5, metadata), then
+times, on the same data:
+
+  baseline  a listing by prefix and a parallel SDK download (same --jobs), then
+            ``ffmpeg -f concat -safe 0 -i list -c copy -movflags +faststart out.mp4``
+  hatcam    ``hatcam fetch --device benchcam`` into an empty directory (list, download,
+            verify MD5, stitch with PyAV, check the MP4, report)
+  again     the same ``hatcam fetch`` a second time (nothing to download or stitch)
+
+and checks that both MP4s hold every frame. Work files go to bench/work/fetch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from hatcam import config  # noqa: E402
+from hatcam.camera.synthetic import SyntheticCamera  # noqa: E402
+from hatcam.segmenter import Segmenter  # noqa: E402
+from hatcam.spool import Spool  # noqa: E402
+from hatcam.uploader import Uploader  # noqa: E402
+
+from services import Azurite  # noqa: E402
+
+DEVICE = "benchcam"
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+START = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
+
+
+def make_segments(spool_dir: Path, count: int, seconds: float, width: int, height: int, fps: int):
+    counter = itertools.count()
+    spool = Spool(spool_dir).ensure()
+    segmenter = Segmenter(
+        spool,
+        DEVICE,
+        width,
+        height,
+        fps,
+        seconds,
+        wall_clock=lambda: START + timedelta(seconds=seconds * next(counter)),
+    )
+    bitrate = max(300_000, width * height * fps // 10)
+    camera = SyntheticCamera(
+        width, height, fps, bitrate, realtime=False, frames=int(count * seconds * fps)
+    )
+    camera.start(segmenter)
+    camera.wait()
+    segmenter.close()
+    return spool
+
+
+def upload_all(settings, spool: Spool, jobs: int) -> int:
+    uploader = Uploader(settings, spool)
+    segments = spool.ready_segments()
+    with ThreadPoolExecutor(jobs) as pool:
+        assert all(pool.map(uploader.upload, segments))
+    return len(segments)
+
+
+def frames_in(path: Path) -> int:
+    out = subprocess.run(
+        [
+            FFMPEG.replace("ffmpeg", "ffprobe"),
+            "-v",
+            "error",
+            "-count_packets",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_packets",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def baseline(client, work: Path, jobs: int) -> tuple[float, Path]:
+    files = work / "baseline"
+    files.mkdir(parents=True)
+    started = time.perf_counter()
+    names = [b.name for b in client.list_blobs(name_starts_with=f"{DEVICE}/")]
+
+    def get(name: str) -> Path:
+        path = files / name.rpartition("/")[2]
+        with open(path, "wb") as fh:
+            client.download_blob(name).readinto(fh)
+        return path
+
+    with ThreadPoolExecutor(jobs) as pool:
+        paths = list(pool.map(get, names))
+    listing = files / "list.txt"
+    listing.write_text("".join(f"file '{p}'\n" for p in sorted(paths)))
+    out = work / "baseline.mp4"
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing)]
+        + ["-c", "copy", "-movflags", "+faststart", "-y", str(out)],
+        check=True,
+    )
+    return time.perf_counter() - started, out
+
+
+def hatcam_fetch(env_file: Path, out: Path, jobs: int) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "hatcam.cli", "--env-file", str(env_file), "fetch"]
+        + ["--device", DEVICE, "--out", str(out), "--jobs", str(jobs)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HATCAM_")},
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"hatcam fetch failed:\n{result.stdout}\n{result.stderr}")
+    return seconds, result.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--segments", type=int, default=360)
+    parser.add_argument("--seconds", type=float, default=2.0, help="segment length")
+    parser.add_argument("--size", default="320x240")
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "fetch")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    azurite = Azurite(args.work / "azurite").start()
+    try:
+        container = "bench"
+        client = azurite.container(container)
+        settings = config.parse(
+            {
+                "BLOB_CONNECTION_STRING": azurite.connection_string(),
+                "HATCAM_BLOB_CONTAINER": container,
+                "HATCAM_DEVICE": DEVICE,
+                "HATCAM_SPOOL_DIR": str(args.work / "spool"),
+            }
+        )
+        started = time.perf_counter()
+        spool = make_segments(
+            args.work / "spool", args.segments, args.seconds, width, height, args.fps
+        )
+        made = time.perf_counter() - started
+        count = upload_all(settings, spool, args.jobs)
+        total_bytes = sum(b.size for b in client.list_blobs(name_starts_with=f"{DEVICE}/"))
+        env_file = args.work / "fetch.env"
+        env_file.write_text(
+            f"BLOB_CONNECTION_STRING={azurite.connection_string()}\n"
+            f"HATCAM_BLOB_CONTAINER={container}\nHATCAM_DEVICE=bench\n"
+        )
+
+        base_seconds, base_mp4 = baseline(client, args.work, args.jobs)
+        out = args.work / "footage"
+        cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
+        warm_seconds, _ = hatcam_fetch(env_file, out, args.jobs)
+        [ours] = sorted(out.glob("*.mp4"))
+        expected = int(args.segments * args.seconds * args.fps)
+        figures = {
+            "segments": count,
+            "segment_seconds": args.seconds,
+            "size": args.size,
+            "megabytes": round(total_bytes / 1e6, 1),
+            "jobs": args.jobs,
+            "make_segments_s": round(made, 1),
+            "baseline_s": round(base_seconds, 2),
+            "hatcam_fetch_s": round(cold_seconds, 2),
+            "hatcam_fetch_again_s": round(warm_seconds, 2),
+            "frames_expected": expected,
+            "frames_baseline": frames_in(base_mp4),
+            "frames_hatcam": frames_in(ours),
+        }
+    finally:
+        azurite.stop()
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(
+            f"{count} segments of {args.seconds:g} s at {args.size} ({figures['megabytes']} MB), "
+            f"{args.jobs} parallel downloads, Azurite on loopback\n"
+            f"  baseline (SDK download + ffmpeg concat -c copy): {base_seconds:7.2f} s, "
+            f"{figures['frames_baseline']} frames\n"
+            f"  hatcam fetch (first run):                        {cold_seconds:7.2f} s, "
+            f"{figures['frames_hatcam']} frames\n"
+            f"  hatcam fetch (second run, nothing new):          {warm_seconds:7.2f} s\n"
+            f"  expected frames: {expected}"
+        )
+    ok = figures["frames_hatcam"] == expected
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
