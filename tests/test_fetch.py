@@ -10,6 +10,10 @@ import base64
 import hashlib
 import itertools
 import json
+import os
+import pty
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -468,3 +472,38 @@ def test_cache_record_lists_what_was_verified(azurite, container, tmp_path, caps
         stored = client.get_blob_client(blob).get_blob_properties().content_settings.content_md5
         assert entries[blob]["md5"] == base64.b64encode(stored).decode()
         assert entries[blob]["info"]["frames"] == 60
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_gets_plain_lines(azurite, container, tmp_path):
+    name, _ = container
+    upload(azurite, name, record(tmp_path / "s", "dev1", T0, 2 * 60))
+    env = conn_env(tmp_path, azurite, name)
+    command = [sys.executable, "-m", "hatcam.cli", "--env-file", str(env), "fetch", "--out"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HATCAM_")}
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*command, str(tmp_path / "tty")], stdout=follower, stderr=follower, env=clean
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(60) == 0
+    os.close(leader)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "━" in shown and "2/2 segments" in shown  # rich's bar, bytes and segments
+
+    piped = subprocess.run(
+        [*command, str(tmp_path / "pipe")], capture_output=True, text=True, env=clean, timeout=60
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "━" not in piped.stdout and "\x1b[" not in piped.stdout
+    assert "downloading 2 segment(s)" in piped.stdout
+    assert "downloaded 2/2 segment(s)" in piped.stdout
