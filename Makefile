@@ -9,19 +9,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
-APT_PACKAGES := redis-server nodejs npm libcap-dev
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help setup test lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: files/hatcam/pyproject.toml requirements-dev.txt
-	@missing=$$(for p in $(APT_PACKAGES) python3-venv; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then echo "installing apt packages: $$missing"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; fi
+$(VENV)/.installed: files/hatcam/pyproject.toml requirements-dev.txt tests/host-deps.sh
+	tests/host-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ./files/hatcam -r requirements-dev.txt
