@@ -369,15 +369,35 @@ def test_delete_after_with_delete_rights_removes_exactly_the_stitched_blobs(
     env = write_env(tmp_path, HATCAM_BLOB_SAS_URL=azurite.sas_url(name, "rld"))
     out = tmp_path / "footage"
 
-    status, report, _ = fetch(
-        capsys, env, out, "--device", "dev1", "--since", "2026-11-21T07:00Z", "--until",
-        "2026-11-21T09:00Z", "--delete-after",
-    )  # fmt: skip
+    in_range = ["--device", "dev1", "--since", "2026-11-21T07:00Z", "--until", "2026-11-21T09:00Z"]
+
+    status, report, _ = fetch(capsys, env, out, *in_range, "--delete-after")
 
     assert status == 0, report
     assert decode(mp4s(out)[0])[0] == 4 * 60
     assert "deleted 4 of 4 blob(s)" in report
     assert sorted(b.name for b in client.list_blobs()) == sorted(kept)
+
+
+def test_delete_after_on_a_later_run_checks_the_existing_mp4_first(
+    azurite, container, tmp_path, capsys
+):
+    name, client = container
+    upload(azurite, name, record(tmp_path / "a", "dev1", T0, 3 * 60))
+    env = write_env(tmp_path, HATCAM_BLOB_SAS_URL=azurite.sas_url(name, "rld"))
+    out = tmp_path / "footage"
+    assert fetch(capsys, env, out, "--device", "dev1")[0] == 0
+    [mp4] = mp4s(out)
+    good = mp4.read_bytes()
+    mp4.write_bytes(good[: len(good) // 2].ljust(len(good), b"\0"))  # damaged, same size
+
+    status, report, _ = fetch(capsys, env, out, "--device", "dev1", "--delete-after")
+
+    # The damaged MP4 is noticed and stitched again from the cache before any delete.
+    assert status == 0, report
+    assert "[written]" in report and "deleted 3 of 3 blob(s)" in report
+    assert mp4.read_bytes() == good
+    assert not list(client.list_blobs())
 
 
 def test_delete_after_without_delete_rights_says_so_and_deletes_nothing(

@@ -28,7 +28,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from . import listing, stitch
 from .blobstore import container_client, describe
 from .config import DEVICE_RE
-from .download import Cache, Downloader, Outcome
+from .download import Cache, Downloader, Outcome, md5_of
 from .progress import make_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -221,26 +221,27 @@ class Fetch:
         os.replace(tmp, self.stitched_path)
 
     def stitch_run(self, run: stitch.Run, record: dict) -> str | None:
-        """Write (or keep) one MP4; its state for the report, or None if it failed."""
+        """Write (or keep) one MP4; its state for the report, or None if it failed.
+
+        An MP4 from an earlier run is kept when it holds the same segments and
+        still has its size; before its blobs are deleted its hash must match too,
+        else it is stitched again from the cache.
+        """
         path = self.root / run.filename
         want = {"segments": run.names, "frames": run.frames, "ticks": run.duration_ticks}
         old = record.get(run.filename)
         same = old and {k: old.get(k) for k in want} == want
-        if same and path.is_file() and path.stat().st_size == old.get("size"):
+        kept = same and path.is_file() and path.stat().st_size == old.get("size")
+        if kept and (not self.args.delete_after or md5_of(path).hexdigest() == old.get("md5")):
             return "unchanged"
         try:
-            stitch.write(run, path)
+            stitch.write(run, path, reread=self.args.delete_after)
         except (ValueError, OSError, stitch.av.error.FFmpegError) as exc:
             self.problem(f"{run.filename}: could not be written ({exc})")
             return None
-        record[run.filename] = {**want, "size": path.stat().st_size}
+        size, md5 = path.stat().st_size, md5_of(path).hexdigest()
+        record[run.filename] = {**want, "size": size, "md5": md5}
         return "written"
-
-    def checked(self, run: stitch.Run) -> bool:
-        """Re-read an MP4 before its blobs are deleted: every frame must be there."""
-        frames, ticks = stitch.measure(self.root / run.filename)
-        slack = run.items[-1].segment.ticks
-        return frames == run.frames and abs(ticks - run.duration_ticks) <= slack
 
     def report_device(self, device, remotes, outcomes, runs, splits, states) -> None:
         fetched = sum(o.fetched for o in outcomes)
@@ -252,6 +253,9 @@ class Fetch:
             f"{len(outcomes) - cached - failed} ({resumed} resumed, {_mb(fetched)}), "
             f"{cached} already here" + (f", {failed} FAILED" if failed else "")
         )
+        unhashed = sum(r.md5 is None for r in remotes)
+        if unhashed:
+            self.say(f"  {unhashed} blob(s) have no stored MD5: checked by size only")
         for index, run in enumerate(runs):
             path = self.root / run.filename
             size = path.stat().st_size if path.is_file() else 0
@@ -307,8 +311,8 @@ class Fetch:
         if self.args.delete_after and (message := self.delete_right_missing()):
             print(f"hatcam fetch: {message}", file=self.err)
             return EXIT_USAGE
-        self.client = container_client(self.settings, retry_total=4, read_timeout=120)
-        where = describe(self.settings)
+        self.client = container_client(self.settings, retries=4, read_timeout=120)
+        where = describe(self.client)
         span = f"{_local(since) if since else 'the beginning'} to {_local(until)}"
         self.say(f"fetching from {where}, {span}")
         try:
@@ -352,7 +356,7 @@ class Fetch:
             self.report_device(device, in_range, results, runs, splits, states)
             if self.args.delete_after:
                 for run, state in zip(runs, states, strict=True):
-                    if state is not None and self.checked(run):
+                    if state is not None:
                         deletable += run.names
         if self.args.delete_after:
             deleted = self.delete(deletable)

@@ -229,10 +229,15 @@ def plan(segments: list[Segment], max_gap: float) -> tuple[list[Run], list[Gap]]
     return runs, splits
 
 
-def write(run: Run, path: Path) -> None:
-    """Remux ``run`` into ``path`` (+faststart), check it, then move it into place."""
+def write(run: Run, path: Path, *, reread: bool = False) -> None:
+    """Remux ``run`` into ``path`` (+faststart), check it, then move it into place.
+
+    The check counts the frames muxed and their span; ``reread`` also reads the
+    written file back (slower; used before blobs are deleted).
+    """
     tmp = path.with_name(f".{path.name}.part")
     out = av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"})
+    frames, first, end = 0, None, 0
     try:
         out.metadata["creation_time"] = run.start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         target = None
@@ -243,10 +248,15 @@ def write(run: Run, path: Path) -> None:
                 if target is None:
                     target = out.add_stream_from_template(stream)
                     target.time_base = TIME_BASE
-                _copy(src, stream, target, placed, out)
+                count, low, high = _copy(src, stream, target, placed, out)
+                frames += count
+                first = low if first is None else min(first, low)
+                end = max(end, high)
     finally:
         out.close()
-    frames, ticks = measure(tmp)
+    ticks = end - (first or 0)
+    if reread:
+        frames, ticks = measure(tmp)
     if frames != run.frames or abs(ticks - run.duration_ticks) > run.items[-1].segment.ticks:
         tmp.unlink(missing_ok=True)
         raise ValueError(
@@ -256,9 +266,10 @@ def write(run: Run, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _copy(src, stream, target, placed: Placed, out) -> None:
+def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
+    """Mux one segment's packets; (frames, first pts, end) on the output timeline."""
     seg = placed.segment
-    index = 0
+    index, first, end = 0, None, 0
     ticks = _to_ticks(stream.time_base)
     for packet in src.demux(stream):
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
@@ -271,9 +282,13 @@ def _copy(src, stream, target, placed: Placed, out) -> None:
         index += 1
         packet.stream = target
         packet.time_base = TIME_BASE
-        packet.pts, packet.dts = pts + placed.shift, dts + placed.shift
+        pts, dts = pts + placed.shift, dts + placed.shift
+        packet.pts, packet.dts = pts, dts
         packet.duration = seg.ticks
         out.mux(packet)
+        first = pts if first is None else min(first, pts)
+        end = max(end, pts + seg.ticks)
+    return index, first if first is not None else 0, end
 
 
 def measure(path: Path) -> tuple[int, int]:
