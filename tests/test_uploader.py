@@ -218,3 +218,36 @@ def test_bad_credentials_keep_the_queue_and_say_why(tmp_path, azurite, container
     assert len(spool.ready_segments()) == len(expected)
     state = json.loads((spool.state / "uploader.json").read_text())
     assert "credential is wrong" in state["last_error"]
+
+
+def test_a_segment_damaged_on_the_card_is_uploaded_marked_damaged(
+    tmp_path, azurite, container_name
+):
+    spool, expected = queued(tmp_path, segments=2)
+    damaged = spool.ready_segments()[0]
+    data = bytearray(damaged.read_bytes())
+    data[5000] ^= 0xFF  # a bit flip on the SD card after the segment was closed
+    damaged.write_bytes(bytes(data))
+    log = tmp_path / "upload.log"
+    proc = start_hatcam(
+        "upload",
+        log=log,
+        settings=settings_for(
+            spool,
+            BLOB_CONNECTION_STRING=azurite.connection_string(),
+            HATCAM_BLOB_CONTAINER=container_name,
+        ),
+    )
+    try:
+        wait_until(lambda: not spool.ready_segments(), 30, "the spool to drain")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    client = azurite.container(container_name)
+    blob = SegmentName.parse(damaged.name).blob_name("cam1")
+    props = client.get_blob_client(blob).get_blob_properties()
+    assert props.metadata.get("damaged") == "true"
+    assert client.download_blob(blob).readall() == bytes(data), "kept as it is on the card"
+    assert f"{damaged.name} changed on the card since it was recorded" in log.read_text()
+    intact = [name for name in expected if name != blob]
+    assert "damaged" not in client.get_blob_client(intact[0]).get_blob_properties().metadata

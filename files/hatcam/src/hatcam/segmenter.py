@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import os
 import threading
@@ -44,6 +45,22 @@ def clock_synchronized() -> bool:
         return False
 
 
+class _HashingWriter:
+    """Hashes the bytes on their way to the card: the MD5 the cloud checks is the one
+    of what was recorded, so a segment damaged on the card is caught at upload."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.md5 = hashlib.md5()
+
+    def write(self, data) -> int:
+        self.md5.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 class SegmentFile:
     """One MPEG-TS file being written; flushed to the card at least once a second."""
 
@@ -51,8 +68,9 @@ class SegmentFile:
         self.path = path
         self.name = name
         self.fh = open(path, "wb")  # noqa: SIM115 - closed in close(), outlives this call
+        self.writer = _HashingWriter(self.fh)
         self.container = av.open(
-            self.fh, "w", format="mpegts", container_options={"flush_packets": "1"}
+            self.writer, "w", format="mpegts", container_options={"flush_packets": "1"}
         )
         self.stream = self.container.add_stream("h264", rate=fps)
         self.stream.width, self.stream.height = width, height
@@ -94,8 +112,10 @@ class SegmentFile:
         return (self.last_pts - self.first_pts) / MPEGTS_CLOCK + 1 / self.fps
 
 
-def segment_metadata(device, name: SegmentName, frames, duration, first_pts, synced) -> dict:
-    return {
+def segment_metadata(
+    device, name: SegmentName, frames, duration, first_pts, synced, md5=None
+) -> dict:
+    meta = {
         "device": device,
         "start": iso(name.start),
         "end": iso(name.start + timedelta(seconds=duration)),
@@ -103,6 +123,9 @@ def segment_metadata(device, name: SegmentName, frames, duration, first_pts, syn
         "first_pts": first_pts,
         "clock_synced": synced,
     }
+    if md5 is not None:  # unknown for a segment recovered after a crash
+        meta["md5"] = md5
+    return meta
 
 
 class Segmenter:
@@ -209,6 +232,7 @@ class Segmenter:
             segment.duration(),
             segment.first_pts,
             self.synced,
+            segment.writer.md5.hexdigest(),
         )
         path = self.spool.commit(segment.path, meta)
         self.segments_closed += 1

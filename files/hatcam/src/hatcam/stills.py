@@ -48,7 +48,9 @@ class StillsPublisher:
         self.retry_max = retry_max
         self.where = redis_location(redis_url)
         self.client = redis.Redis.from_url(
-            redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+            # No health-check PING: it would add a round trip to every still taken more
+            # than its interval apart; a dead connection fails the write and is retried.
+            redis_url, socket_timeout=5, socket_connect_timeout=5, socket_keepalive=True
         )
         self.buffer: deque[PendingStill] = deque(maxlen=buffer_size)
         self.cond = threading.Condition()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -27,7 +28,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 
 from .blobstore import container_client, describe
-from .naming import iso
+from .naming import SegmentName, iso
 from .spool import Spool
 from .status import StateFile
 
@@ -102,19 +103,47 @@ class Uploader:
             data = segment.read_bytes()
         except FileNotFoundError:  # dropped by the disk policy while queued
             return False
-        md5 = hashlib.md5(data).digest()
-        blob = f"{meta['device']}/{meta['start'][:10]}/{segment.name}"
+        blob = SegmentName.parse(segment.name).blob_name(meta["device"])
+        # The MD5 taken while recording: the service refuses a body that differs from
+        # what the camera wrote, whether it changed on the card or on the way.
+        recorded = bytes.fromhex(meta["md5"]) if meta.get("md5") else hashlib.md5(data).digest()
+        metadata = {
+            key: str(meta[key]).lower() if isinstance(meta[key], bool) else str(meta[key])
+            for key in BLOB_METADATA
+        }
+        try:
+            self._put(blob, data, recorded, metadata)
+        except HttpResponseError as exc:
+            actual = hashlib.md5(data).digest()
+            if exc.status_code != 400 or actual == recorded:
+                raise
+            # Damaged on the card since it was recorded: keep what is left, say so.
+            log.error(
+                "%s changed on the card since it was recorded (MD5 mismatch): "
+                "uploading it as it is, marked damaged",
+                segment.name,
+            )
+            self._put(blob, data, actual, {**metadata, "damaged": "true"})
+        self.latencies.append(time.time() - segment.stat().st_mtime)
+        self.spool.remove(segment)
+        self.uploaded += 1
+        self.failures = 0
+        self.last_upload = iso(datetime.now(UTC))
+        log.info("uploaded %s (%.1f MB)", blob, len(data) / 1e6)
+        return True
+
+    def _put(self, blob: str, data: bytes, md5: bytes, metadata: dict) -> None:
         try:
             self.client.upload_blob(
                 blob,
                 data,
                 length=len(data),
                 overwrite=False,
+                # Stored with the blob (fetch verifies against it) and sent as the
+                # request's Content-MD5, which the service checks.
                 content_settings=ContentSettings(content_type="video/mp2t", content_md5=md5),
-                metadata={
-                    key: str(meta[key]).lower() if isinstance(meta[key], bool) else str(meta[key])
-                    for key in BLOB_METADATA
-                },
+                transactional_content_md5=md5,
+                metadata=metadata,
             )
         except ResourceExistsError:
             # An earlier attempt landed but its reply was lost: the cloud has it.
@@ -124,14 +153,7 @@ class Uploader:
             if self.settings.blob_sas_url or self.container_checked:
                 raise
             self._create_container(exc)
-            return self.upload(segment)
-        self.latencies.append(time.time() - segment.stat().st_mtime)
-        self.spool.remove(segment)
-        self.uploaded += 1
-        self.failures = 0
-        self.last_upload = iso(datetime.now(UTC))
-        log.info("uploaded %s (%.1f MB)", blob, len(data) / 1e6)
-        return True
+            self._put(blob, data, md5, metadata)
 
     def _create_container(self, exc) -> None:
         """With a connection string the uploader may create its container, once."""

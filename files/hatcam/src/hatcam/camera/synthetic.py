@@ -46,13 +46,15 @@ class SyntheticCamera:
         enc.time_base = Fraction(1, 1_000_000)
         enc.framerate = Fraction(self.fps, 1)
         enc.bit_rate = self.bitrate
-        # Like picamera2's H264Encoder: keyframe every second, SPS/PPS on each, no B-frames.
+        # Like picamera2's H264Encoder: keyframe every second, SPS/PPS on each, no
+        # B-frames, constant bit rate (filler data pads the simple pattern up to the
+        # rate, so segments have the size a real camera's would).
+        kbps = self.bitrate // 1000
         enc.options = {
             "preset": "ultrafast",
             "tune": "zerolatency",
             "x264-params": f"keyint={self.fps}:min-keyint={self.fps}:scenecut=0:bframes=0:"
-            f"repeat-headers=1:vbv-maxrate={self.bitrate // 1000}:"
-            f"vbv-bufsize={self.bitrate // 1000}",
+            f"repeat-headers=1:nal-hrd=cbr:vbv-maxrate={kbps}:vbv-bufsize={kbps}",
         }
         enc.open()
         return enc

@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Device-side figures, each beside a baseline measured in the same run.
+
+    .venv/bin/python bench/device_bench.py [--quick] [--json]
+
+Sections (issue "make bench"):
+  continuity  360 segments through the real segmenter vs a seed-style cut on time
+  latency     segment ready -> blob visible, camera + uploader daemons vs one bare PUT
+  drain       200 realistic segments: the uploader vs a plain upload_blob loop
+  memory      camera daemon and uploader RSS / CPU vs seed-style in-memory segments
+  stills      schedule drift and Redis round trips vs a seed-style sleep loop
+
+Starts its own Azurite and redis-server; work files go to bench/work/device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import av  # noqa: E402
+import redis  # noqa: E402
+
+from hatcam.camera.synthetic import SyntheticCamera  # noqa: E402
+from hatcam.segmenter import Segmenter  # noqa: E402
+from hatcam.spool import Spool  # noqa: E402
+from hatcam.stills import StillsPublisher  # noqa: E402
+
+from services import Azurite, RedisServer  # noqa: E402
+
+WORK = ROOT / "bench" / "work" / "device"
+PYTHON = sys.executable
+
+
+def pct(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def proc_figures(pid: int) -> tuple[float, float]:
+    """(peak RSS in MB, CPU seconds used) of a running process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kb = int(next(line.split()[1] for line in status.splitlines()
+                       if line.startswith("VmHWM:")))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return peak_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def daemon_env(**settings) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HATCAM_")}
+    env.update({k: str(v) for k, v in settings.items()})
+    return env
+
+
+def start_daemon(command, log: Path, **settings) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([PYTHON, "-m", "hatcam.cli", "--env-file", os.devnull, command],
+                                env=daemon_env(**settings), stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+# --- 1. continuity ----------------------------------------------------------------------
+class Collector:
+    """Keeps every encoded frame, to replay the same stream through the baseline."""
+
+    def __init__(self, downstream):
+        self.downstream = downstream
+        self.frames = []
+
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        self.frames.append((bytes(frame), keyframe, timestamp))
+        self.downstream.outputframe(frame, keyframe, timestamp)
+
+
+def decodable(data: bytes, fmt: str) -> int:
+    try:
+        with av.open(io.BytesIO(data), format=fmt) as container:
+            return sum(1 for _ in container.decode(video=0))
+    except av.error.FFmpegError:
+        return 0
+
+
+def continuity(segments: int) -> dict:
+    fps, seconds = 30, 1.0
+    spool = Spool(WORK / "continuity").ensure()
+    segmenter = Segmenter(spool, "bench", 640, 360, fps, seconds)
+    collector = Collector(segmenter)
+    camera = SyntheticCamera(640, 360, fps, 1_000_000, realtime=False,
+                             frames=int(segments * seconds * fps))
+    camera.start(collector)
+    camera.wait()
+    segmenter.close()
+    files = spool.ready_segments()
+    pts, playable, boundary_steps = [], 0, []
+    for path in files:
+        with av.open(str(path)) as container:
+            seg_pts = [p.pts for p in container.demux(video=0) if p.pts is not None]
+        if pts:
+            boundary_steps.append(seg_pts[0] - pts[-1])
+        pts += seg_pts
+        playable += decodable(path.read_bytes(), "mpegts")
+    captured = len(collector.frames)
+    # Baseline: the seed's way, raw .h264 cut on the clock every segment length,
+    # whatever frame falls there (here half a second into a keyframe interval, as the
+    # clock does not know where keyframes are); each file decoded on its own.
+    per_file = int(seconds * fps)
+    base_playable = 0
+    for start in [0, *range(fps // 2, captured, per_file)]:
+        end = fps // 2 if start == 0 else start + per_file
+        chunk = b"".join(f for f, _, _ in collector.frames[start:end])
+        base_playable += decodable(chunk, "h264")
+    frame = 90_000 / fps
+    return {
+        "segments": len(files),
+        "frames_captured": captured,
+        "frames_in_segments": len(pts),
+        "frames_lost": captured - len(set(pts)),
+        "frames_doubled": len(pts) - len(set(pts)),
+        "max_boundary_step_frames": max(boundary_steps) / frame,
+        "playable_alone": playable,
+        "baseline_playable_alone": base_playable,
+    }
+
+
+# --- 2. latency -------------------------------------------------------------------------
+def latency(azurite: Azurite, segments: int) -> dict:
+    container = "latency"
+    client = azurite.container(container)
+    spool_dir = WORK / "latency"
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    settings = dict(HATCAM_CAMERA="synthetic", HATCAM_SPOOL_DIR=spool_dir,
+                    HATCAM_SEGMENT_SECONDS=1, HATCAM_MIN_FREE_MB=1, HATCAM_DEVICE="lat",
+                    BLOB_CONNECTION_STRING=azurite.connection_string(),
+                    HATCAM_BLOB_CONTAINER=container)
+    camera = start_daemon("camera", WORK / "latency-camera.log", **settings)
+    uploader = start_daemon("upload", WORK / "latency-upload.log", **settings)
+    ready_seen, blob_seen = {}, {}
+    ready = spool_dir / "ready"
+    deadline = time.monotonic() + segments * 1.0 + 60
+    last_list = 0.0
+    try:
+        while len(blob_seen) < segments and time.monotonic() < deadline:
+            now = time.time()
+            if ready.is_dir():
+                for name in os.listdir(ready):
+                    if name.endswith(".ts"):
+                        ready_seen.setdefault(name, now)
+            if now - last_list >= 0.05:
+                last_list = now
+                for blob in client.list_blobs(name_starts_with="lat/"):
+                    blob_seen.setdefault(blob.name.rsplit("/", 1)[1], now)
+            time.sleep(0.005)
+    finally:
+        stop_daemon(camera)
+        stop_daemon(uploader)
+    delays = [blob_seen[n] - ready_seen[n] for n in blob_seen if n in ready_seen]
+    # Baseline: one bare PUT of a segment of the same size, timed alone.
+    sample = next(iter(client.list_blobs(name_starts_with="lat/")))
+    data = client.download_blob(sample.name).readall()
+    bare = []
+    for i in range(30):
+        t0 = time.perf_counter()
+        client.upload_blob(f"bare/{i}.ts", data)
+        bare.append(time.perf_counter() - t0)
+    return {
+        "segments": len(delays),
+        "p50_s": pct(delays, 50), "p95_s": pct(delays, 95), "max_s": max(delays),
+        "baseline_put_p50_s": pct(bare, 50), "baseline_put_p95_s": pct(bare, 95),
+        "segment_kb": len(data) / 1000,
+    }
+
+
+# --- 3. backlog drain -------------------------------------------------------------------
+def realistic_segment(path_dir: Path) -> Path:
+    """One real 10 s 720p30 segment at the default bit rate."""
+    spool = Spool(path_dir).ensure()
+    segmenter = Segmenter(spool, "drain", 1280, 720, 30, 10.0)
+    camera = SyntheticCamera(1280, 720, 30, 4_000_000, realtime=False, frames=300)
+    camera.start(segmenter)
+    camera.wait()
+    segmenter.close()
+    return spool.ready_segments()[0]
+
+
+def fill_spool(spool: Spool, template: Path, count: int) -> list[Path]:
+    meta = json.loads(template.with_suffix(".json").read_text())
+    stem = template.stem.rsplit("-", 1)[0]
+    made = []
+    for seq in range(1, count + 1):
+        target = spool.ready / f"{stem}-{seq:06d}.ts"
+        shutil.copyfile(template, target)
+        target.with_suffix(".json").write_text(json.dumps(meta))
+        made.append(target)
+    return made
+
+
+def drain(azurite: Azurite, count: int) -> dict:
+    template = realistic_segment(WORK / "template")
+    size_mb = template.stat().st_size / 1e6
+    # Ours: the uploader daemon, in a child process so its memory is its own. It starts on
+    # an empty spool; the backlog then appears at once (renames), and the clock starts.
+    spool = Spool(WORK / "drain").ensure()
+    staged = fill_spool(Spool(WORK / "drain-staged").ensure(), template, count)
+    azurite.container("drain")
+    proc = start_daemon("upload", WORK / "drain-upload.log", HATCAM_SPOOL_DIR=spool.root,
+                        BLOB_CONNECTION_STRING=azurite.connection_string(),
+                        HATCAM_BLOB_CONTAINER="drain")
+    while not (spool.state / "uploader.json").exists():
+        time.sleep(0.05)
+    for path in staged:
+        os.replace(path.with_suffix(".json"), spool.ready / path.with_suffix(".json").name)
+    t0 = time.perf_counter()
+    for path in staged:
+        os.replace(path, spool.ready / path.name)
+    while spool.ready_segments():
+        time.sleep(0.01)
+    ours = time.perf_counter() - t0
+    uploader_rss, uploader_cpu = proc_figures(proc.pid)
+    stop_daemon(proc)
+    # Baseline: a plain loop of upload_blob over the same files, in this process.
+    files = fill_spool(Spool(WORK / "drain-base").ensure(), template, count)
+    client = azurite.container("drain-base")
+    t0 = time.perf_counter()
+    for path in files:
+        client.upload_blob(path.name, path.read_bytes())
+    base = time.perf_counter() - t0
+    return {
+        "segments": count, "segment_mb": size_mb,
+        "ours_mb_s": count * size_mb / ours, "baseline_mb_s": count * size_mb / base,
+        "ratio": base / ours, "uploader_peak_rss_mb": uploader_rss,
+        "uploader_cpu_s": uploader_cpu, "uploader_cpu_s_per_min": uploader_cpu / ours * 60,
+    }
+
+
+# --- 4. memory and CPU of the camera ----------------------------------------------------
+SEED_STYLE_CAMERA = """
+import sys, time
+from hatcam.camera.synthetic import SyntheticCamera
+class InMemory:
+    # The seed's way: each segment is held in memory, queued until uploaded.
+    def __init__(self): self.queue, self.current = [], bytearray()
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        if keyframe and len(self.current) > 0 and timestamp - self.start >= 10_000_000:
+            self.queue.append(bytes(self.current)); self.current = bytearray()
+        if not self.current: self.start = timestamp
+        self.current += frame
+camera = SyntheticCamera(1280, 720, 30, 4_000_000, realtime=True)
+camera.start(InMemory())
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def memory(seconds: float) -> dict:
+    spool_dir = WORK / "memory"
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    ours = start_daemon("camera", WORK / "memory-camera.log", HATCAM_CAMERA="synthetic",
+                        HATCAM_SPOOL_DIR=spool_dir, HATCAM_MIN_FREE_MB=1)
+    # Side by side: the seed-style recorder while its uploads are stalled (no network).
+    seed = subprocess.Popen([PYTHON, "-c", SEED_STYLE_CAMERA, str(seconds + 5)])
+    time.sleep(seconds)
+    ours_rss, ours_cpu = proc_figures(ours.pid)
+    seed_rss, seed_cpu = proc_figures(seed.pid)
+    stop_daemon(ours)
+    seed.kill()
+    seed.wait()
+    return {
+        "seconds": seconds,
+        "camera_peak_rss_mb": ours_rss, "camera_cpu_s_per_min": ours_cpu / seconds * 60,
+        "baseline_peak_rss_mb": seed_rss, "baseline_cpu_s_per_min": seed_cpu / seconds * 60,
+    }
+
+
+# --- 5. stills ---------------------------------------------------------------------------
+class RoundTrips:
+    """Counts the stills writer's writes to its Redis socket: each write is one round trip
+    (a MULTI/HSET/EXPIRE/EXEC pipeline goes out in one write). Bench instrumentation."""
+
+    def __init__(self):
+        self.count = 0
+        self.original = redis.connection.AbstractConnection.send_packed_command
+        counter = self
+
+        def counting(conn, command, check_health=True):
+            if threading.current_thread().name == "stills-writer":
+                counter.count += 1
+            return counter.original(conn, command, check_health)
+
+        redis.connection.AbstractConnection.send_packed_command = counting
+
+    def restore(self):
+        redis.connection.AbstractConnection.send_packed_command = self.original
+
+
+def stills(redis_server: RedisServer, captures: int) -> dict:
+    camera = SyntheticCamera(1280, 720, 30, 4_000_000)
+    publisher = StillsPublisher(camera, redis_server.url, "bench", interval=1, expiry=600,
+                                buffer_size=20)
+    publisher.client.ping()  # connect first: the handshake is not a per-still cost
+    seed_late = []
+
+    def seed_loop():
+        # The seed's way: capture, HSET, EXPIRE, then sleep the interval.
+        client = redis.Redis.from_url(redis_server.url)
+        start = time.monotonic()
+        for k in range(captures):
+            seed_late.append(time.monotonic() - (start + k))
+            still = camera.capture_still()
+            key = f"seed:{k}"
+            client.hset(key, mapping={"image_data": still.jpeg, "lux": still.lux})
+            client.expire(key, 600)
+            time.sleep(1)
+
+    trips = RoundTrips()
+    try:
+        seed = threading.Thread(target=seed_loop)
+        seed.start()
+        publisher.start()
+        time.sleep(captures - 0.5)
+        publisher.stop()
+        seed.join()
+    finally:
+        trips.restore()
+    late = publisher.schedule_errors[:captures]
+    ours_trips = trips.count
+    return {
+        "captures": len(late),
+        "max_late_ms": max(late) * 1000, "last_late_ms": late[-1] * 1000,
+        "baseline_max_late_ms": max(seed_late) * 1000,
+        "baseline_last_late_ms": seed_late[-1] * 1000,
+        "round_trips_per_still": ours_trips / max(1, publisher.stored),
+        "baseline_round_trips_per_still": 2,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    counts = dict(segments=36, latency=20, drain=20, memory=15, stills=10) if args.quick \
+        else dict(segments=360, latency=110, drain=200, memory=60, stills=100)
+    azurite = Azurite(WORK / "azurite").start()
+    redis_server = RedisServer(WORK / "redis").start()
+    figures = {}
+    try:
+        for name, run in (
+            ("continuity", lambda: continuity(counts["segments"])),
+            ("latency", lambda: latency(azurite, counts["latency"])),
+            ("drain", lambda: drain(azurite, counts["drain"])),
+            ("memory", lambda: memory(counts["memory"])),
+            ("stills", lambda: stills(redis_server, counts["stills"])),
+        ):
+            t0 = time.perf_counter()
+            figures[name] = run()
+            print(f"{name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    finally:
+        azurite.stop()
+        redis_server.stop()
+        shutil.rmtree(WORK, ignore_errors=True)
+    print(json.dumps(figures, indent=None if args.json else 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
