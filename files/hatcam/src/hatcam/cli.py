@@ -11,6 +11,7 @@ import sys
 from . import config
 
 EXIT_CONFIG = 2
+FETCH_HELP = "download footage and stitch it into MP4 files (--help for its options)"
 _JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
@@ -88,10 +89,17 @@ def cmd_check(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from .fetch import run_fetch
+    # fetch parses its own options: its imports (rich, stitching) stay out of the
+    # daemons, which run on a Pi Zero's 512 MB.
+    from . import fetch
 
-    settings = load_settings(args, blob="rl" + ("d" if args.delete_after else ""))
-    return run_fetch(settings, args)
+    parser = argparse.ArgumentParser(
+        prog="hatcam fetch", description=fetch.__doc__.splitlines()[0].strip("`")
+    )
+    fetch.add_arguments(parser)
+    options = parser.parse_args(args.fetch_args)
+    settings = load_settings(args, blob="rl" + ("d" if options.delete_after else ""))
+    return fetch.run_fetch(settings, options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,16 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate settings, reach blob storage and Redis").set_defaults(
         func=cmd_check
     )
-    from .fetch import add_arguments
-
-    fetch = sub.add_parser("fetch", help="download footage and stitch it into MP4 files")
-    add_arguments(fetch)
+    fetch = sub.add_parser("fetch", help=FETCH_HELP, add_help=False)
     fetch.set_defaults(func=cmd_fetch)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "fetch":
+        args.fetch_args = extra  # `hatcam fetch --help` included
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.verbose)
     try:
         return args.func(args)
