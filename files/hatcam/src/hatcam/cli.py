@@ -94,7 +94,7 @@ def cmd_fetch(args) -> int:
     from . import fetch
 
     parser = argparse.ArgumentParser(
-        prog="hatcam fetch", description=fetch.__doc__.splitlines()[0].strip("`")
+        prog="hatcam fetch", description=fetch.__doc__.splitlines()[0].replace("`", "")
     )
     fetch.add_arguments(parser)
     options = parser.parse_args(args.fetch_args)
