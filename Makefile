@@ -11,7 +11,7 @@ AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup test lint clean
+.PHONY: help setup test lint bench fetch clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,10 +29,29 @@ $(AZURITE):
 setup: $(VENV)/.installed $(AZURITE) ## install everything the tests need (apt, venv, Azurite)
 
 lint: setup ## ruff on the package and the tests
-	ruff check files/hatcam tests
+	ruff check files/hatcam tests bench
 
 test: setup lint ## the whole suite, against real Azurite and redis-server
 	pytest -q tests
+
+bench: setup ## measured figures beside their baselines -> bench/results.md (not part of test)
+	python bench/run.py
+
+# The operator's laptop needs only ansible-core to start: the downloader role builds the
+# fetch venv and writes the .env itself (no redis-server or Node.js).
+FETCH_VENV ?= $(HOME)/.local/share/hatcam/fetch-venv
+FETCH_ENV ?= $(HOME)/.config/hatcam/fetch.env
+FETCH_ARGS ?=
+FETCH_PLAYBOOK_ARGS ?=
+
+$(VENV)/bin/ansible-playbook:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "ansible-core>=2.16,<2.19"
+
+fetch: $(VENV)/bin/ansible-playbook ## download + stitch footage: make fetch FETCH_ARGS="--device hatcam1 --since today"
+	ANSIBLE_CONFIG=ansible/ansible.cfg ansible-playbook -i localhost, ansible/fetch.yml \
+	  -e hatcam_downloader_venv=$(FETCH_VENV) -e hatcam_downloader_env_file=$(FETCH_ENV) $(FETCH_PLAYBOOK_ARGS)
+	$(FETCH_VENV)/bin/hatcam --env-file $(FETCH_ENV) fetch $(FETCH_ARGS)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .cache .pytest_cache

@@ -51,8 +51,9 @@ def pct(values, q):
 def proc_figures(pid: int) -> tuple[float, float]:
     """(peak RSS in MB, CPU seconds used) of a running process, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
-    peak_kb = int(next(line.split()[1] for line in status.splitlines()
-                       if line.startswith("VmHWM:")))
+    peak_kb = int(
+        next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    )
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return peak_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
@@ -66,9 +67,12 @@ def daemon_env(**settings) -> dict:
 
 def start_daemon(command, log: Path, **settings) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([PYTHON, "-m", "hatcam.cli", "--env-file", os.devnull, command],
-                                env=daemon_env(**settings), stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [PYTHON, "-m", "hatcam.cli", "--env-file", os.devnull, command],
+            env=daemon_env(**settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop_daemon(proc: subprocess.Popen) -> None:
@@ -102,8 +106,9 @@ def continuity(segments: int) -> dict:
     spool = Spool(WORK / "continuity").ensure()
     segmenter = Segmenter(spool, "bench", 640, 360, fps, seconds)
     collector = Collector(segmenter)
-    camera = SyntheticCamera(640, 360, fps, 1_000_000, realtime=False,
-                             frames=int(segments * seconds * fps))
+    camera = SyntheticCamera(
+        640, 360, fps, 1_000_000, realtime=False, frames=int(segments * seconds * fps)
+    )
     camera.start(collector)
     camera.wait()
     segmenter.close()
@@ -145,10 +150,15 @@ def latency(azurite: Azurite, segments: int) -> dict:
     client = azurite.container(container)
     spool_dir = WORK / "latency"
     shutil.rmtree(spool_dir, ignore_errors=True)
-    settings = dict(HATCAM_CAMERA="synthetic", HATCAM_SPOOL_DIR=spool_dir,
-                    HATCAM_SEGMENT_SECONDS=1, HATCAM_MIN_FREE_MB=1, HATCAM_DEVICE="lat",
-                    BLOB_CONNECTION_STRING=azurite.connection_string(),
-                    HATCAM_BLOB_CONTAINER=container)
+    settings = dict(
+        HATCAM_CAMERA="synthetic",
+        HATCAM_SPOOL_DIR=spool_dir,
+        HATCAM_SEGMENT_SECONDS=1,
+        HATCAM_MIN_FREE_MB=1,
+        HATCAM_DEVICE="lat",
+        BLOB_CONNECTION_STRING=azurite.connection_string(),
+        HATCAM_BLOB_CONTAINER=container,
+    )
     camera = start_daemon("camera", WORK / "latency-camera.log", **settings)
     uploader = start_daemon("upload", WORK / "latency-upload.log", **settings)
     ready_seen, blob_seen = {}, {}
@@ -181,8 +191,11 @@ def latency(azurite: Azurite, segments: int) -> dict:
         bare.append(time.perf_counter() - t0)
     return {
         "segments": len(delays),
-        "p50_s": pct(delays, 50), "p95_s": pct(delays, 95), "max_s": max(delays),
-        "baseline_put_p50_s": pct(bare, 50), "baseline_put_p95_s": pct(bare, 95),
+        "p50_s": pct(delays, 50),
+        "p95_s": pct(delays, 95),
+        "max_s": max(delays),
+        "baseline_put_p50_s": pct(bare, 50),
+        "baseline_put_p95_s": pct(bare, 95),
         "segment_kb": len(data) / 1000,
     }
 
@@ -211,6 +224,18 @@ def fill_spool(spool: Spool, template: Path, count: int) -> list[Path]:
     return made
 
 
+PLAIN_UPLOAD_LOOP = """
+import sys, time
+from pathlib import Path
+from azure.storage.blob import ContainerClient
+client = ContainerClient.from_connection_string(sys.argv[1], "drain-base")
+t0 = time.perf_counter()
+for name in sys.argv[2:]:
+    client.upload_blob(Path(name).name, Path(name).read_bytes())
+print(time.perf_counter() - t0)
+"""
+
+
 def drain(azurite: Azurite, count: int) -> dict:
     template = realistic_segment(WORK / "template")
     size_mb = template.stat().st_size / 1e6
@@ -219,9 +244,13 @@ def drain(azurite: Azurite, count: int) -> dict:
     spool = Spool(WORK / "drain").ensure()
     staged = fill_spool(Spool(WORK / "drain-staged").ensure(), template, count)
     azurite.container("drain")
-    proc = start_daemon("upload", WORK / "drain-upload.log", HATCAM_SPOOL_DIR=spool.root,
-                        BLOB_CONNECTION_STRING=azurite.connection_string(),
-                        HATCAM_BLOB_CONTAINER="drain")
+    proc = start_daemon(
+        "upload",
+        WORK / "drain-upload.log",
+        HATCAM_SPOOL_DIR=spool.root,
+        BLOB_CONNECTION_STRING=azurite.connection_string(),
+        HATCAM_BLOB_CONTAINER="drain",
+    )
     while not (spool.state / "uploader.json").exists():
         time.sleep(0.05)
     for path in staged:
@@ -229,27 +258,47 @@ def drain(azurite: Azurite, count: int) -> dict:
     t0 = time.perf_counter()
     for path in staged:
         os.replace(path, spool.ready / path.name)
-    while spool.ready_segments():
-        time.sleep(0.01)
+    while any(name.endswith(".ts") for name in os.listdir(spool.ready)):
+        time.sleep(0.05)  # a cheap check: the poller must not steal the uploader's CPU
     ours = time.perf_counter() - t0
     uploader_rss, uploader_cpu = proc_figures(proc.pid)
     stop_daemon(proc)
-    # Baseline: a plain loop of upload_blob over the same files, in this process.
+    # Baseline: a plain loop of upload_blob over the same files, also in a child process.
     files = fill_spool(Spool(WORK / "drain-base").ensure(), template, count)
-    client = azurite.container("drain-base")
-    t0 = time.perf_counter()
-    for path in files:
-        client.upload_blob(path.name, path.read_bytes())
-    base = time.perf_counter() - t0
+    azurite.container("drain-base")
+    base = float(
+        subprocess.run(
+            [PYTHON, "-c", PLAIN_UPLOAD_LOOP, azurite.connection_string(), *map(str, files)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     return {
-        "segments": count, "segment_mb": size_mb,
-        "ours_mb_s": count * size_mb / ours, "baseline_mb_s": count * size_mb / base,
-        "ratio": base / ours, "uploader_peak_rss_mb": uploader_rss,
-        "uploader_cpu_s": uploader_cpu, "uploader_cpu_s_per_min": uploader_cpu / ours * 60,
+        "segments": count,
+        "segment_mb": size_mb,
+        "ours_mb_s": count * size_mb / ours,
+        "baseline_mb_s": count * size_mb / base,
+        "ratio": base / ours,
+        "uploader_peak_rss_mb": uploader_rss,
+        "uploader_cpu_s": uploader_cpu,
+        "uploader_cpu_s_per_min": uploader_cpu / ours * 60,
     }
 
 
 # --- 4. memory and CPU of the camera ----------------------------------------------------
+BACKEND_ONLY = """
+import sys, time
+from hatcam.camera.synthetic import SyntheticCamera
+class Discard:
+    # The synthetic backend alone (its libx264 encoder), frames thrown away: what the
+    # test camera costs, which a real Pi's hardware encoder does not.
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        pass
+SyntheticCamera(1280, 720, 30, 4_000_000, realtime=True).start(Discard())
+time.sleep(float(sys.argv[1]))
+"""
+
 SEED_STYLE_CAMERA = """
 import sys, time
 from hatcam.camera.synthetic import SyntheticCamera
@@ -270,20 +319,33 @@ time.sleep(float(sys.argv[1]))
 def memory(seconds: float) -> dict:
     spool_dir = WORK / "memory"
     shutil.rmtree(spool_dir, ignore_errors=True)
-    ours = start_daemon("camera", WORK / "memory-camera.log", HATCAM_CAMERA="synthetic",
-                        HATCAM_SPOOL_DIR=spool_dir, HATCAM_MIN_FREE_MB=1)
-    # Side by side: the seed-style recorder while its uploads are stalled (no network).
+    ours = start_daemon(
+        "camera",
+        WORK / "memory-camera.log",
+        HATCAM_CAMERA="synthetic",
+        HATCAM_SPOOL_DIR=spool_dir,
+        HATCAM_MIN_FREE_MB=1,
+    )
+    # Side by side: the backend alone, and the seed-style recorder while its uploads are
+    # stalled (no network), holding each segment in memory.
+    backend = subprocess.Popen([PYTHON, "-c", BACKEND_ONLY, str(seconds + 5)])
     seed = subprocess.Popen([PYTHON, "-c", SEED_STYLE_CAMERA, str(seconds + 5)])
     time.sleep(seconds)
     ours_rss, ours_cpu = proc_figures(ours.pid)
+    backend_rss, backend_cpu = proc_figures(backend.pid)
     seed_rss, seed_cpu = proc_figures(seed.pid)
     stop_daemon(ours)
-    seed.kill()
-    seed.wait()
+    for proc in (backend, seed):
+        proc.kill()
+        proc.wait()
     return {
         "seconds": seconds,
-        "camera_peak_rss_mb": ours_rss, "camera_cpu_s_per_min": ours_cpu / seconds * 60,
-        "baseline_peak_rss_mb": seed_rss, "baseline_cpu_s_per_min": seed_cpu / seconds * 60,
+        "camera_peak_rss_mb": ours_rss,
+        "camera_cpu_s_per_min": ours_cpu / seconds * 60,
+        "backend_only_peak_rss_mb": backend_rss,
+        "backend_only_cpu_s_per_min": backend_cpu / seconds * 60,
+        "baseline_peak_rss_mb": seed_rss,
+        "baseline_cpu_s_per_min": seed_cpu / seconds * 60,
     }
 
 
@@ -310,8 +372,9 @@ class RoundTrips:
 
 def stills(redis_server: RedisServer, captures: int) -> dict:
     camera = SyntheticCamera(1280, 720, 30, 4_000_000)
-    publisher = StillsPublisher(camera, redis_server.url, "bench", interval=1, expiry=600,
-                                buffer_size=20)
+    publisher = StillsPublisher(
+        camera, redis_server.url, "bench", interval=1, expiry=600, buffer_size=20
+    )
     publisher.client.ping()  # connect first: the handshake is not a per-still cost
     seed_late = []
 
@@ -341,7 +404,8 @@ def stills(redis_server: RedisServer, captures: int) -> dict:
     ours_trips = trips.count
     return {
         "captures": len(late),
-        "max_late_ms": max(late) * 1000, "last_late_ms": late[-1] * 1000,
+        "max_late_ms": max(late) * 1000,
+        "last_late_ms": late[-1] * 1000,
         "baseline_max_late_ms": max(seed_late) * 1000,
         "baseline_last_late_ms": seed_late[-1] * 1000,
         "round_trips_per_still": ours_trips / max(1, publisher.stored),
@@ -356,8 +420,11 @@ def main() -> int:
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    counts = dict(segments=36, latency=20, drain=20, memory=15, stills=10) if args.quick \
+    counts = (
+        dict(segments=36, latency=20, drain=20, memory=15, stills=10)
+        if args.quick
         else dict(segments=360, latency=110, drain=200, memory=60, stills=100)
+    )
     azurite = Azurite(WORK / "azurite").start()
     redis_server = RedisServer(WORK / "redis").start()
     figures = {}
@@ -375,7 +442,8 @@ def main() -> int:
     finally:
         azurite.stop()
         redis_server.stop()
-        shutil.rmtree(WORK, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(WORK, ignore_errors=True)
     print(json.dumps(figures, indent=None if args.json else 1))
     return 0
 

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""``make bench``: every figure beside its baseline, printed and written to bench/results.md.
+
+    .venv/bin/python bench/run.py [--quick]
+
+Runs bench/device_bench.py and bench/fetch_bench.py (each starts its own
+Azurite / redis-server), then tabulates. Ratios are the point: these machines
+are noisy, absolute times are not comparable between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_json(script: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / script), "--json", *args], capture_output=True, text=True
+    )
+    sys.stderr.write(proc.stderr)
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        raise SystemExit(f"{script} failed with status {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def rows(d: dict, f: dict) -> list[tuple[str, str, str, str, str]]:
+    """(figure, hatcam, baseline, ratio, goal + verdict) for each measurement."""
+    c, lat, dr, mem, st = d["continuity"], d["latency"], d["drain"], d["memory"], d["stills"]
+    fetch_ratio = f["hatcam_fetch_s"] / f["baseline_s"]
+    return [
+        (
+            "continuity: frames lost / doubled at boundaries "
+            f"({c['segments']} segments, {c['frames_captured']} frames)",
+            f"{c['frames_lost']} / {c['frames_doubled']}",
+            "-",
+            "-",
+            f"0 / 0: {verdict(c['frames_lost'] == c['frames_doubled'] == 0)}",
+        ),
+        (
+            "continuity: largest timestamp step across a boundary (frame intervals)",
+            f"{c['max_boundary_step_frames']:.2f}",
+            "1.00",
+            "-",
+            f"1 frame: {verdict(c['max_boundary_step_frames'] <= 1.0001)}",
+        ),
+        (
+            "continuity: frames playable when each file is decoded alone",
+            f"{c['playable_alone']}",
+            f"{c['baseline_playable_alone']} (seed: cut on the clock)",
+            f"{c['playable_alone'] / max(1, c['baseline_playable_alone']):.2f}x",
+            f"all {c['frames_captured']}: {verdict(c['playable_alone'] == c['frames_captured'])}",
+        ),
+        (
+            f"latency: segment ready -> blob visible, p50 / p95 / max ({lat['segments']} "
+            f"segments of {lat['segment_kb']:.0f} kB)",
+            f"{lat['p50_s']:.3f} / {lat['p95_s']:.3f} / {lat['max_s']:.3f} s",
+            f"{lat['baseline_put_p50_s']:.3f} / {lat['baseline_put_p95_s']:.3f} s (one bare PUT)",
+            "-",
+            f"p95 < 1 s: {verdict(lat['p95_s'] < 1.0)}",
+        ),
+        (
+            f"backlog drain: {dr['segments']} segments of {dr['segment_mb']:.1f} MB",
+            f"{dr['ours_mb_s']:.1f} MB/s",
+            f"{dr['baseline_mb_s']:.1f} MB/s (upload_blob loop)",
+            f"{dr['ratio']:.2f}x",
+            f">= 0.95x: {verdict(dr['ratio'] >= 0.95)}",
+        ),
+        (
+            f"fetch + stitch: {f['segments']} segments of {f['segment_seconds']:g} s at "
+            f"{f['size']} ({f['megabytes']} MB) to one MP4",
+            f"{f['hatcam_fetch_s']:.2f} s ({f['frames_hatcam']} frames)",
+            f"{f['baseline_s']:.2f} s ({f['frames_baseline']} frames, SDK + ffmpeg concat)",
+            f"{fetch_ratio:.2f}x",
+            f"<= 1.2x, equal frames: "
+            f"{verdict(fetch_ratio <= 1.2 and f['frames_hatcam'] == f['frames_baseline'])}",
+        ),
+        ("fetch again (nothing new)", f"{f['hatcam_fetch_again_s']:.2f} s", "-", "-", "-"),
+        (
+            f"camera daemon peak RSS, 720p30 synthetic, {mem['seconds']:.0f} s",
+            f"{mem['camera_peak_rss_mb']:.1f} MB "
+            f"(backend alone {mem['backend_only_peak_rss_mb']:.1f} MB)",
+            f"{mem['baseline_peak_rss_mb']:.1f} MB (seed: segments in memory, network down)",
+            f"{mem['camera_peak_rss_mb'] / mem['baseline_peak_rss_mb']:.2f}x",
+            f"< 80 MB: {verdict(mem['camera_peak_rss_mb'] < 80)}",
+        ),
+        (
+            "camera daemon CPU",
+            f"{mem['camera_cpu_s_per_min']:.1f} s/min "
+            f"(backend alone {mem['backend_only_cpu_s_per_min']:.1f})",
+            f"{mem['baseline_cpu_s_per_min']:.1f} s/min",
+            "-",
+            "-",
+        ),
+        (
+            "uploader peak RSS / CPU while draining",
+            f"{dr['uploader_peak_rss_mb']:.1f} MB / {dr['uploader_cpu_s_per_min']:.1f} s/min",
+            "-",
+            "-",
+            f"< 80 MB: {verdict(dr['uploader_peak_rss_mb'] < 80)}",
+        ),
+        (
+            f"stills: schedule error over {st['captures']} captures at 1 s, max / last",
+            f"{st['max_late_ms']:.1f} / {st['last_late_ms']:.1f} ms",
+            f"{st['baseline_max_late_ms']:.1f} / {st['baseline_last_late_ms']:.1f} ms "
+            "(seed: sleep after capture)",
+            "-",
+            f"within 50 ms, no accumulation: {verdict(st['max_late_ms'] < 50)}",
+        ),
+        (
+            "stills: Redis round trips per still",
+            f"{st['round_trips_per_still']:.2f}",
+            f"{st['baseline_round_trips_per_still']} (HSET, then EXPIRE)",
+            "-",
+            f"1: {verdict(st['round_trips_per_still'] <= 1.0)}",
+        ),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, a smoke run")
+    args = parser.parse_args()
+    quick = ["--quick"] if args.quick else []
+    device = run_json("device_bench.py", *quick)
+    fetch_args = ["--segments", "36"] if args.quick else []
+    fetch = run_json("fetch_bench.py", *fetch_args, "--seconds", "10", "--size", "640x360")
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    header = (
+        f"# hatcam benchmarks\n\n"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, PyAV {version('av')}, "
+        f"azure-storage-blob {version('azure-storage-blob')}, redis-py {version('redis')}, "
+        f"Node {node}, Azurite and redis-server on loopback"
+        f"{' (quick run: small counts)' if args.quick else ''}.\n\n"
+        "Each figure is measured beside its baseline in the same run; ratios hold on a noisy "
+        "machine, absolute times do not.\n\n"
+    )
+    table = ["| figure | hatcam | baseline | ratio | goal |", "|---|---|---|---|---|"]
+    table += ["| " + " | ".join(row) + " |" for row in rows(device, fetch)]
+    text = (
+        header
+        + "\n".join(table)
+        + "\n\n<details><summary>raw figures</summary>\n\n```json\n"
+        + json.dumps({"device": device, "fetch": fetch}, indent=1)
+        + "\n```\n</details>\n"
+    )
+    (HERE / "results.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
