@@ -139,3 +139,8 @@ def test_missing_env_file_is_named(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"hatcam: --env-file: {missing} does not exist or is not a file"
+
+
+def test_default_device_is_the_hostname_made_valid(monkeypatch):
+    monkeypatch.setattr(config.socket, "gethostname", lambda: "Alice_Laptop.local")
+    assert config.parse({}).device == "alice-laptop"

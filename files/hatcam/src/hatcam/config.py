@@ -163,7 +163,9 @@ class _Parser:
 
 
 def default_device() -> str:
-    return socket.gethostname().split(".")[0].lower()
+    """The hostname, made a valid device name (a laptop's may hold '_' or spaces)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    return name[:63].strip("-") or "hatcam"
 
 
 def _check_connection_string(p: _Parser, text: str | None) -> None:
