@@ -35,6 +35,19 @@ FLUSH_EVERY = 1.0  # seconds: the most a power cut may take from the open segmen
 _TIME_ERROR = 5  # adjtimex() state when the kernel clock is not NTP-synchronised
 
 
+def _packet_flags_writable() -> bool:
+    """PyAV 10 (Pi OS Bookworm's python3-av) cannot set a packet's keyframe flag. It only
+    marks random access points for the muxer; players find keyframes by parsing anyway."""
+    try:
+        av.Packet(b"").is_keyframe = True
+    except AttributeError:
+        return False
+    return True
+
+
+_PACKET_FLAGS_WRITABLE = _packet_flags_writable()
+
+
 def clock_synchronized() -> bool:
     """True when the kernel says the clock is NTP-synchronised (what timedatectl shows)."""
     try:
@@ -86,7 +99,8 @@ class SegmentFile:
         packet.stream = self.stream
         packet.time_base = TIME_BASE
         packet.pts = packet.dts = pts
-        packet.is_keyframe = keyframe
+        if _PACKET_FLAGS_WRITABLE:
+            packet.is_keyframe = keyframe
         self.container.mux(packet)
         self.frames += 1
         if self.first_pts is None:
