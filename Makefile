@@ -10,8 +10,10 @@ PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+VPI_APT_PACKAGES := mmdebstrap systemd-container nftables iproute2 openssh-client
 
-.PHONY: help setup test lint bench fetch clean
+.PHONY: help setup test lint test-molecule bench provision fetch clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,14 +30,31 @@ $(AZURITE):
 
 setup: $(VENV)/.installed $(AZURITE) ## install everything the tests need (apt, venv, Azurite)
 
-lint: setup ## ruff on the package and the tests
+lint: setup ## ruff, yamllint, ansible-lint (production profile)
 	ruff check files/hatcam tests bench
+	yamllint -s .
+	ansible-lint -q
 
-test: setup lint ## the whole suite, against real Azurite and redis-server
+test: setup lint ## the whole suite: pytest against real Azurite and redis-server, then molecule
 	pytest -q tests
+	$(MAKE) test-molecule
+
+test-molecule: setup ## the real playbook on a booted virtual Pi (needs root: mounts, nftables)
+	tests/host-deps.sh $(VPI_APT_PACKAGES)
+	cd tests && $(SUDO) env PATH="$(PATH)" molecule test
 
 bench: setup ## measured figures beside their baselines -> bench/results.md (not part of test)
 	python bench/run.py
+
+HOST ?=
+INVENTORY ?=
+ARGS ?=
+
+provision: $(VENV)/bin/ansible-playbook ## configure a Pi: make provision HOST=hatcam.local [INVENTORY=file] [ARGS="-e @my-vars.yml --ask-vault-pass"]
+	@if [ -z "$(HOST)$(INVENTORY)" ]; then echo "usage: make provision HOST=hatcam.local | INVENTORY=inventory [ARGS='...']" >&2; exit 2; fi
+	@mkdir -p .cache && printf '[hatcams]\n%s\n' "$(HOST)" > .cache/provision-inventory
+	cd ansible && ansible-galaxy collection install -r requirements.yml >/dev/null
+	cd ansible && ansible-playbook provision.yml -i $(if $(INVENTORY),$(abspath $(INVENTORY)),$(CURDIR)/.cache/provision-inventory) $(ARGS)
 
 # The operator's laptop needs only ansible-core to start: the downloader role builds the
 # fetch venv and writes the .env itself (no redis-server or Node.js).
