@@ -11,7 +11,6 @@ no index at the end: a segment cut short by a power loss still plays.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import logging
 import os
@@ -51,7 +50,7 @@ _PACKET_FLAGS_WRITABLE = _packet_flags_writable()
 def clock_synchronized() -> bool:
     """True when the kernel says the clock is NTP-synchronised (what timedatectl shows)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the running process already has libc
         timex = ctypes.create_string_buffer(512)  # struct timex, modes=0: read only
         return libc.adjtimex(timex) not in (-1, _TIME_ERROR)
     except (OSError, AttributeError):
