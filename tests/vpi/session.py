@@ -1,0 +1,221 @@
+"""A virtual Pi provisioned by the real playbook, with Azurite and Redis beside it.
+
+Used by the demo and the fault-injection tests (the molecule scenario drives the same
+tools through its own create/destroy playbooks):
+
+    with ProvisionedPi("demo", "10.213.9", workdir, {"hatcam_segment_seconds": 5}) as pi:
+        pi.ssh("systemctl is-active hatcam-camera")
+        pi.cut_network(); ...; pi.restore_network()
+        pi.container().list_blobs()
+
+Everything it starts is stopped on exit, also after an error or Ctrl-C: the guest (by
+vpi.py down: processes by PID, overlay, bridge, nftables table) and the host services
+(by PID). Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+from azure.storage.blob import ContainerClient
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+VPI = [sys.executable, str(HERE / "vpi.py")]
+HOSTSVC = [sys.executable, str(HERE / "hostsvc.py")]
+CACHES = [
+    f"{ROOT}/.cache/vpi/apt-archives:/var/cache/apt/archives",
+    f"{ROOT}/.cache/vpi/pip:/root/.cache/pip",
+]
+
+# A small, quick hat cam: the settings a test or the demo do not override.
+DEFAULTS = {
+    "hatcam_camera": "synthetic",
+    "hatcam_resolution": "640x360",
+    "hatcam_fps": 15,
+    "hatcam_bitrate": 600000,
+    "hatcam_segment_seconds": 5,
+    "hatcam_retry_max_seconds": 5,
+    "hatcam_min_free_mb": 50,
+    "hatcam_stills": True,
+    "hatcam_image_capture_frequency": 5,
+    "hatcam_image_expiry": 3600,
+    "pi_camera_reboot_allowed": False,
+    "pi_wifi_country": "GB",
+    "pi_wifi_networks": [],
+}
+
+
+def run(cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True, **kw)
+
+
+class ProvisionedPi:
+    def __init__(
+        self,
+        name: str,
+        subnet: str,
+        workdir: Path,
+        settings: dict | None = None,
+        device: str | None = None,
+        log=print,
+    ):
+        self.name = name
+        self.subnet = subnet
+        self.workdir = Path(workdir)
+        self.device = device or f"hatcam-{name}"
+        self.settings = {**DEFAULTS, **(settings or {})}
+        self.log = log
+        self.vm: dict = {}
+        self.svc: dict = {}
+        self.svc_state = self.workdir / "hostsvc.json"
+
+    # --- life cycle ---------------------------------------------------------------
+    def __enter__(self) -> ProvisionedPi:
+        try:
+            self.boot()
+            self.provision()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def boot(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log(f"booting the virtual Pi '{self.name}' (systemd-nspawn, own network namespace)")
+        args = [*VPI, "up", self.name, "--subnet", self.subnet]
+        for cache in CACHES:
+            args += ["--cache", cache]
+        self.vm = json.loads(run(args, capture_output=True).stdout)
+        self.log("starting Azurite and redis-server beside it")
+        run(
+            [*HOSTSVC, "start", "--host", self.vm["host_ip"], "--state", str(self.svc_state)],
+            capture_output=True,
+        )
+        self.svc = json.loads(self.svc_state.read_text())
+
+    def provision(self, **overrides) -> subprocess.CompletedProcess:
+        """Run the real ansible/provision.yml against the guest; returns the run."""
+        self.settings.update(overrides)
+        inventory = self.workdir / "inventory"
+        inventory.write_text(
+            "[hatcams]\n"
+            f"{self.name} ansible_host={self.vm['ip']} ansible_user=pi "
+            f"ansible_ssh_private_key_file={self.vm['ssh_key']} "
+            f"ansible_ssh_common_args='-o UserKnownHostsFile={self.vm['known_hosts']} "
+            "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes'\n"
+        )
+        extra = self.workdir / "vars.json"
+        extra.touch(mode=0o600)
+        extra.write_text(
+            json.dumps(
+                {
+                    **self.settings,
+                    "hatcam_device_name": self.device,
+                    "hatcam_redis_url": self.svc["redis_url"],
+                    "hatcam_blob_mint_sas": True,
+                    "hatcam_blob_account_name": self.svc["account"],
+                    "hatcam_blob_account_key": self.svc["account_key"],
+                    "hatcam_blob_endpoint": self.svc["blob_endpoint"],
+                    "hatcam_blob_container": self.svc["container"],
+                }
+            )
+        )
+        self.log("provisioning it with ansible/provision.yml (the real playbook)")
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible" / "ansible.cfg"),
+            "ANSIBLE_FORCE_COLOR": "0",
+        }
+        result = run(
+            [
+                str(Path(sys.executable).parent / "ansible-playbook"),
+                str(ROOT / "ansible" / "provision.yml"),
+                "-i",
+                str(inventory),
+                "-e",
+                f"@{extra}",
+            ],
+            capture_output=True,
+            env=env,
+            check=False,
+        )
+        (self.workdir / "provision.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"provisioning failed (status {result.returncode}); see "
+                f"{self.workdir / 'provision.log'}:\n{result.stdout[-2000:]}"
+            )
+        return result
+
+    def close(self) -> None:
+        if self.svc_state.exists():
+            run(
+                [*HOSTSVC, "stop", "--state", str(self.svc_state)], check=False, capture_output=True
+            )
+        run([*VPI, "down", self.name], check=False, capture_output=True)
+
+    # --- the guest -----------------------------------------------------------------
+    def ssh(self, command: str, check=True, timeout=120) -> subprocess.CompletedProcess:
+        return run(
+            [*VPI, "ssh", self.name, command], check=check, capture_output=True, timeout=timeout
+        )
+
+    def status(self) -> dict:
+        """`hatcam status --json` on the guest."""
+        out = self.ssh(
+            "sudo -u hatcam /opt/hatcam/venv/bin/hatcam "
+            "--env-file /etc/hatcam/hatcam.env status --json"
+        ).stdout
+        return json.loads(out)
+
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess:
+        return self.ssh("sudo systemctl " + " ".join(shlex.quote(a) for a in args))
+
+    def host_veth(self) -> str:
+        """The host side of the guest's veth (the only link on its bridge)."""
+        links = run(
+            ["ip", "-o", "link", "show", "master", self.vm["bridge"]], capture_output=True
+        ).stdout.split()
+        return links[1].split("@")[0].rstrip(":")
+
+    def cut_network(self) -> None:
+        run(["ip", "link", "set", self.host_veth(), "down"])
+
+    def restore_network(self) -> None:
+        run(["ip", "link", "set", self.host_veth(), "up"])
+
+    # --- the services beside it ------------------------------------------------------
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.svc['account']};"
+            f"AccountKey={self.svc['account_key']};"
+            f"BlobEndpoint={self.svc['blob_endpoint']};"
+        )
+
+    def container(self) -> ContainerClient:
+        return ContainerClient.from_connection_string(
+            self.connection_string(), self.svc["container"]
+        )
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.svc["redis_url"], socket_timeout=5)
+
+    def wait_for(self, predicate, timeout: float, what: str, poll=1.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(poll)
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
