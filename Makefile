@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 VPI_APT_PACKAGES := mmdebstrap systemd-container nftables iproute2 openssh-client
 
-.PHONY: help setup test lint test-molecule bench provision fetch clean
+.PHONY: help setup test lint test-molecule demo demo-clean bench provision fetch clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,15 @@ test: setup lint ## the whole suite: pytest against real Azurite and redis-serve
 test-molecule: setup ## the real playbook on a booted virtual Pi (needs root: mounts, nftables)
 	tests/host-deps.sh $(VPI_APT_PACKAGES)
 	cd tests && $(SUDO) env PATH="$(PATH)" molecule test
+
+DEMO_SECONDS ?= 60
+
+demo: setup ## the whole product on a virtual Pi: provision, record (network cut midway), fetch, stitch
+	tests/host-deps.sh $(VPI_APT_PACKAGES)
+	$(SUDO) env PATH="$(PATH)" DEMO_SECONDS=$(DEMO_SECONDS) python tests/vpi/demo.py
+
+demo-clean: ## stop and remove whatever a demo left behind
+	$(SUDO) env PATH="$(PATH)" python tests/vpi/demo.py --clean
 
 bench: setup ## measured figures beside their baselines -> bench/results.md (not part of test)
 	python bench/run.py

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import time
 from datetime import datetime
@@ -122,20 +123,25 @@ def export_stills(pi: ProvisionedPi, out: Path, count=3) -> tuple[int, list[Path
 
 
 def mp4_facts(path: Path) -> dict:
+    """Frames (decoded), duration and the holes (steps over 1.5 frames) of a stitched MP4."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        pts = [p.pts for p in container.demux(stream) if p.pts is not None]
-        rate = stream.average_rate
+        seconds = float(stream.time_base)
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
     with av.open(str(path)) as container:
         frames = sum(1 for _ in container.decode(video=0))
-    pts.sort()
     steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
-    interval = 1 / float(rate) / float(stream.time_base)
+    interval = statistics.median(steps) if steps else 1
+    holes = [
+        {"at_s": round((a - pts[0]) * seconds, 2), "missing_s": round((b - a) * seconds, 2)}
+        for a, b in zip(pts, pts[1:], strict=False)
+        if b - a > 1.5 * interval
+    ]
     return {
         "file": str(path),
         "frames": frames,
-        "duration_s": round((pts[-1] - pts[0]) * float(stream.time_base) + 1 / float(rate), 2),
-        "largest_step_frames": round(max(steps) / interval, 2) if steps else 0,
+        "duration_s": round((pts[-1] - pts[0] + interval) * seconds, 2),
+        "holes": holes,
     }
 
 
@@ -157,15 +163,23 @@ def summarize(
     after = [b for b in during if b.creation_time.timestamp() >= restored]
     mp4s = sorted(out.glob("*.mp4"))
     facts = [mp4_facts(path) for path in mp4s]
+    first = min(start(b) for b in blobs)
+    # The outage as seconds into the (first) stitched file, a segment's slack either side.
+    slack = float(pi.settings["hatcam_segment_seconds"])
+    window = (cut - first - slack, restored - first + slack)
+    across = [h for f in facts[:1] for h in f["holes"] if window[0] <= h["at_s"] <= window[1]]
     return {
         "device": pi.device,
-        "segments_recorded": status["camera"]["segments_closed"],
+        # The card's sequence counter: every segment the Pi ever started, across restarts.
+        "segments_recorded": int(pi.ssh("sudo cat /var/lib/hatcam/spool/state/seq").stdout),
         "segments_uploaded": len(blobs),
         "frames_in_segments": sum(int(b.metadata["frames"]) for b in blobs),
         "outage_seconds": round(restored - cut, 1),
         "segments_recorded_during_outage": len(during),
         "of_which_uploaded_after_it": len(after),
         "mp4": facts,
+        "outage_in_file_s": [round(cut - first, 1), round(restored - first, 1)],
+        "holes_across_outage": across,
         "stills_stored": stills_total,
         "stills_exported": [str(p) for p in stills],
         "queue_left_on_pi": status["queue_segments"],
@@ -185,15 +199,15 @@ def print_summary(s: dict, out: Path) -> None:
         f"{s['of_which_uploaded_after_it']} of them uploaded once it was back"
     )
     for mp4 in s["mp4"]:
-        hole = (
-            "no hole"
-            if mp4["largest_step_frames"] <= 1.5
-            else f"largest jump {mp4['largest_step_frames']} frames"
-        )
+        holes = ", ".join(f"{h['missing_s']} s at {h['at_s']} s" for h in mp4["holes"])
         print(
             f"  stitched video:                {mp4['file']}: {mp4['duration_s']} s, "
-            f"{mp4['frames']} frames ({s['frames_in_segments']} recorded), {hole}"
+            f"{mp4['frames']} frames ({s['frames_in_segments']} recorded), "
+            f"{'holes: ' + holes if holes else 'no hole'}"
         )
+    start, end = s["outage_in_file_s"]
+    verdict = "continuous" if not s["holes_across_outage"] else "HAS A HOLE"
+    print(f"  across the outage:             {verdict} (from {start} s to {end} s into the video)")
     print(
         f"  stills in Redis:               {s['stills_stored']}, "
         f"{len(s['stills_exported'])} exported to {out / 'stills'}"
