@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -49,6 +50,28 @@ def settings_for(spool, **extra):
     return {"HATCAM_SPOOL_DIR": spool.root, "HATCAM_RETRY_MAX_SECONDS": "1", **extra}
 
 
+@contextlib.contextmanager
+def uploader_running(spool, log, **settings):
+    """`hatcam upload` as a daemon for the duration of the block, stopped with SIGTERM."""
+    proc = start_hatcam("upload", log=log, settings=settings_for(spool, **settings))
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def drained(spool, timeout=30):
+    wait_until(lambda: not spool.ready_segments(), timeout, "the spool to drain")
+
+
+def account(azurite, container_name) -> dict:
+    return {
+        "BLOB_CONNECTION_STRING": azurite.connection_string(),
+        "HATCAM_BLOB_CONTAINER": container_name,
+    }
+
+
 def assert_landed_exactly_once(client, expected):
     blobs = {b.name: b for b in client.list_blobs(include=["metadata"])}
     assert sorted(blobs) == sorted(expected), "every segment once, nothing else"
@@ -65,20 +88,11 @@ def test_segments_land_once_with_md5_and_metadata_and_the_spool_empties(
     tmp_path, azurite, container_name
 ):
     spool, expected = queued(tmp_path)
-    proc = start_hatcam(
-        "upload",
-        log=tmp_path / "upload.log",
-        settings=settings_for(
-            spool,
-            BLOB_CONNECTION_STRING=azurite.connection_string(),
-            HATCAM_BLOB_CONTAINER=container_name,
-        ),
-    )
-    try:
-        wait_until(lambda: not spool.ready_segments(), 30, "the spool to empty")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+    with uploader_running(
+        spool, tmp_path / "upload.log", **account(azurite, container_name)
+    ) as proc:
+        drained(spool)
+    assert proc.returncode == 0
     assert_landed_exactly_once(azurite.container(container_name), expected)
     assert not list(spool.ready.glob("*.json")), "metadata goes with its segment"
     state = json.loads((spool.state / "uploader.json").read_text())
@@ -91,24 +105,14 @@ def test_blob_store_down_then_back_every_segment_lands_once(tmp_path, container_
     store.stop()  # the hotspot drops before anything is sent
     spool, expected = queued(tmp_path)
     log = tmp_path / "upload.log"
-    proc = start_hatcam(
-        "upload",
-        log=log,
-        settings=settings_for(
-            spool,
-            BLOB_CONNECTION_STRING=store.connection_string(),
-            HATCAM_BLOB_CONTAINER=container_name,
-        ),
-    )
     try:
-        wait_until(lambda: "blob store unreachable" in log.read_text(), 30, "an error line")
-        time.sleep(3)
-        assert len(spool.ready_segments()) == len(expected), "nothing deleted while down"
-        store.start()  # same port, same data directory
-        wait_until(lambda: not spool.ready_segments(), 60, "the spool to drain")
+        with uploader_running(spool, log, **account(store, container_name)):
+            wait_until(lambda: "blob store unreachable" in log.read_text(), 30, "an error line")
+            time.sleep(3)
+            assert len(spool.ready_segments()) == len(expected), "nothing deleted while down"
+            store.start()  # same port, same data directory
+            drained(spool, 60)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
         store.stop()
     store.start()
     try:
@@ -121,11 +125,7 @@ def test_uploader_killed_mid_upload_loses_nothing_and_duplicates_nothing(
     tmp_path, azurite, container_name
 ):
     spool, expected = queued(tmp_path, segments=60)
-    settings = settings_for(
-        spool,
-        BLOB_CONNECTION_STRING=azurite.connection_string(),
-        HATCAM_BLOB_CONTAINER=container_name,
-    )
+    settings = settings_for(spool, **account(azurite, container_name))
     for _ in range(5):  # SIGKILL right after an upload, likely while sending the next
         left = len(spool.ready_segments())
         proc = start_hatcam("upload", settings=settings, log=tmp_path / "upload.log")
@@ -133,28 +133,16 @@ def test_uploader_killed_mid_upload_loses_nothing_and_duplicates_nothing(
         proc.kill()
         proc.wait()
     assert spool.ready_segments(), "the test must kill it before the queue is empty"
-    proc = start_hatcam("upload", settings=settings, log=tmp_path / "upload.log")
-    try:
-        wait_until(lambda: not spool.ready_segments(), 60, "the spool to drain")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+    with uploader_running(spool, tmp_path / "upload.log", **account(azurite, container_name)):
+        drained(spool, 60)
     assert_landed_exactly_once(azurite.container(container_name), expected)
 
 
 def test_a_lost_reply_is_not_an_error_and_not_a_loop(tmp_path, azurite, container_name):
     spool, expected = queued(tmp_path, segments=2)
     first = spool.ready_segments()[0]
-    settings = config.parse(
-        {
-            k: str(v)
-            for k, v in settings_for(
-                spool,
-                BLOB_CONNECTION_STRING=azurite.connection_string(),
-                HATCAM_BLOB_CONTAINER=container_name,
-            ).items()
-        }
-    )
+    env = settings_for(spool, **account(azurite, container_name))
+    settings = config.parse({k: str(v) for k, v in env.items()})
     uploader = Uploader(settings, Spool(spool.root))
     assert uploader.upload(first)
     # The blob landed but the reply was lost: the file is back in the queue.
@@ -172,16 +160,8 @@ def test_create_only_sas_uploads_but_cannot_list_read_or_delete(tmp_path, azurit
     azurite.container(container_name)
     spool, expected = queued(tmp_path, segments=2)
     sas_url = azurite.sas_url(container_name, "cw")
-    proc = start_hatcam(
-        "upload",
-        log=tmp_path / "upload.log",
-        settings=settings_for(spool, HATCAM_BLOB_SAS_URL=sas_url),
-    )
-    try:
-        wait_until(lambda: not spool.ready_segments(), 30, "the spool to drain")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+    with uploader_running(spool, tmp_path / "upload.log", HATCAM_BLOB_SAS_URL=sas_url):
+        drained(spool)
     assert_landed_exactly_once(azurite.container(container_name), expected)
 
     from azure.storage.blob import ContainerClient
@@ -204,13 +184,9 @@ def test_bad_credentials_keep_the_queue_and_say_why(tmp_path, azurite, container
     spool, expected = queued(tmp_path, segments=2)
     forged = azurite.sas_url(container_name, "cw").replace("sig=", "sig=AAAA")
     log = tmp_path / "upload.log"
-    proc = start_hatcam("upload", log=log, settings=settings_for(spool, HATCAM_BLOB_SAS_URL=forged))
-    try:
+    with uploader_running(spool, log, HATCAM_BLOB_SAS_URL=forged) as proc:
         wait_until(lambda: log.read_text().count("upload refused") >= 2, 30, "two back-offs")
         assert proc.poll() is None, "the uploader keeps running"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
     refused = [line for line in log.read_text().splitlines() if "upload refused" in line]
     assert "credential is wrong, expired or revoked" in refused[0]
     assert "keeping 2 segment(s) queued" in refused[0]
@@ -229,20 +205,8 @@ def test_a_segment_damaged_on_the_card_is_uploaded_marked_damaged(
     data[5000] ^= 0xFF  # a bit flip on the SD card after the segment was closed
     damaged.write_bytes(bytes(data))
     log = tmp_path / "upload.log"
-    proc = start_hatcam(
-        "upload",
-        log=log,
-        settings=settings_for(
-            spool,
-            BLOB_CONNECTION_STRING=azurite.connection_string(),
-            HATCAM_BLOB_CONTAINER=container_name,
-        ),
-    )
-    try:
-        wait_until(lambda: not spool.ready_segments(), 30, "the spool to drain")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+    with uploader_running(spool, log, **account(azurite, container_name)):
+        drained(spool)
     client = azurite.container(container_name)
     blob = SegmentName.parse(damaged.name).blob_name("cam1")
     props = client.get_blob_client(blob).get_blob_properties()
