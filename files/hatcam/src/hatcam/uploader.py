@@ -13,7 +13,6 @@ import hashlib
 import logging
 import random
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,8 +73,6 @@ class Uploader:
         self.last_upload: str | None = None
         self.last_error: str | None = None
         self.container_checked = False
-        # Time from a segment reaching ready/ to its blob being confirmed (benchmarks).
-        self.latencies: list[float] = []
 
     def run(self) -> None:
         log.info("uploading from %s to %s", self.spool.ready, self.where)
@@ -124,7 +121,6 @@ class Uploader:
                 segment.name,
             )
             self._put(blob, data, actual, {**metadata, "damaged": "true"})
-        self.latencies.append(time.time() - segment.stat().st_mtime)
         self.spool.remove(segment)
         self.uploaded += 1
         self.failures = 0
