@@ -99,3 +99,20 @@ def test_check_says_what_works(tmp_path, azurite, redis_server):
     )
     assert lines["redis"].startswith("FAIL") and "unreachable" in lines["redis"]
     assert "AAAA" not in bad.stdout + bad.stderr
+
+
+def test_check_before_first_run_with_a_connection_string(tmp_path, azurite):
+    settings = {
+        "HATCAM_SPOOL_DIR": tmp_path / "not-yet" / "spool",
+        "BLOB_CONNECTION_STRING": azurite.connection_string(),
+        "HATCAM_BLOB_CONTAINER": f"new{uuid.uuid4().hex[:8]}",
+    }
+    result = hatcam("check", settings=settings)
+    lines = verdicts(result.stdout)
+    assert result.returncode == 0, result.stdout
+    assert (
+        lines["spool"]
+        == f"ok   {tmp_path / 'not-yet' / 'spool'}: not there yet; the camera creates it"
+    )
+    assert lines["blob storage"].endswith("reachable; the uploader creates the container")
+    assert lines["redis"].startswith("ok") and "not configured" in lines["redis"]

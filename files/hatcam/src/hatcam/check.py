@@ -7,6 +7,8 @@ the signature was accepted (the credential works, it just may not read).
 
 from __future__ import annotations
 
+import os
+
 import redis
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
@@ -27,6 +29,8 @@ def check_blob(settings) -> tuple[bool, str]:
     except HttpResponseError as exc:
         if exc.error_code == "AuthorizationPermissionMismatch":
             return True, f"{where}: reachable, credential accepted (create-only SAS)"
+        if exc.error_code == "ContainerNotFound" and not settings.blob_sas_url:
+            return True, f"{where}: reachable; the uploader creates the container"
         return False, f"{where}: {explain(exc)}"
     except (ServiceRequestError, ServiceResponseError) as exc:
         return False, f"{where}: {explain(exc)}"
@@ -48,7 +52,10 @@ def check_redis(settings) -> tuple[bool, str]:
 def check_spool(settings) -> tuple[bool, str]:
     spool = Spool(settings.spool_dir)
     if not spool.root.is_dir():
-        return False, f"{spool.root} does not exist"
+        parent = next((p for p in spool.root.parents if p.exists()), None)
+        if parent is not None and os.access(parent, os.W_OK):
+            return True, f"{spool.root}: not there yet; the camera creates it"
+        return False, f"{spool.root} does not exist and cannot be created by this user"
     return True, f"{spool.root}: {spool.free_mb():.0f} MB free (floor {settings.min_free_mb} MB)"
 
 
