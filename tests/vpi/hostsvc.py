@@ -3,6 +3,11 @@
 
     hostsvc.py start --host 10.213.7.1 --state FILE     start both, write FILE (JSON, 0600)
     hostsvc.py stop --state FILE                        stop both by PID, remove FILE
+    hostsvc.py stop-one --state FILE --service azurite|redis
+                                        stop one of them (an outage); its port, data and
+                                        password stay in FILE
+    hostsvc.py start-one --state FILE --service azurite|redis
+                                        start it again on the same port and data directory
     hostsvc.py blobs --state FILE --device D [--min N] [--names a.ts,b.ts] [--timeout S]
                                                         wait for segments; decode the newest
     hostsvc.py stills --state FILE --device D [--min N] [--timeout S]
@@ -10,16 +15,20 @@
 
 Run it with the project's venv Python (it uses tests/services.py and the Azure SDK).
 The services listen only on the bridge address, so only the guest (and the host) reach
-them. Secrets (the Redis password) stay in FILE and are never printed.
+them. Secrets (the Redis password) stay in FILE and are never printed. ``start --account
+NAME`` gives Azurite its own account NAME with a random key (AZURITE_ACCOUNTS) instead of
+the published development account, so the key is a real secret a test can search for.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -47,11 +56,64 @@ def wait_port(host: str, port: int, pid: int, what: str, timeout: float = 30) ->
     raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
-def spawn(cmd: list[str], log: Path) -> int:
+def spawn(cmd: list[str], log: Path, env: dict | None = None) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=out, start_new_session=True)
+                                stderr=out, start_new_session=True, env=env)
     return proc.pid
+
+
+def running(pid: int | None) -> bool:
+    """The process exists and is not a zombie (a stopped service nobody reaped yet)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def terminate(pid: int | None, timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps it if it is our child."""
+    if not running(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    if running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def azurite_command(state: dict, work: Path) -> tuple[list[str], dict | None]:
+    env = None
+    if state.get("custom_account"):
+        env = {**os.environ, "AZURITE_ACCOUNTS": f"{state['account']}:{state['account_key']}"}
+    cmd = [str(AZURITE_BIN), "--blobHost", state["host"], "--blobPort",
+           str(state["azurite_port"]), "--location", str(work / "azurite"),
+           "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
+    return cmd, env
+
+
+def start_azurite(state: dict, work: Path) -> None:
+    cmd, env = azurite_command(state, work)
+    state["azurite_pid"] = spawn(cmd, work / "azurite.log", env)
+
+
+def start_redis(state: dict, work: Path) -> None:
+    redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
+    state["redis_pid"] = spawn([redis_bin, str(work / "redis" / "redis.conf")],
+                               work / "redis.log")
 
 
 def load(path: str) -> dict:
@@ -69,15 +131,15 @@ def cmd_start(args) -> int:
     if not AZURITE_BIN.exists():
         sys.exit(f"hostsvc: {AZURITE_BIN} is missing: run `make setup` first")
     state: dict = {"host": args.host, "container": CONTAINER, "account": ACCOUNT}
+    if getattr(args, "account", None):
+        if not re.fullmatch(r"[a-z0-9]{3,24}", args.account):
+            sys.exit("hostsvc: --account must be 3-24 lowercase letters and digits")
+        state.update(account=args.account, custom_account=True,
+                     account_key=base64.b64encode(secrets.token_bytes(64)).decode())
     state_path.touch(mode=0o600)
     try:
         state["azurite_port"] = args.azurite_port or free_port()
-        state["azurite_pid"] = spawn(
-            [str(AZURITE_BIN), "--blobHost", args.host, "--blobPort", str(state["azurite_port"]),
-             "--location", str(work / "azurite"), "--disableTelemetry",
-             "--skipApiVersionCheck", "--silent"],
-            work / "azurite.log",
-        )
+        start_azurite(state, work)
         state_path.write_text(json.dumps(state))
         wait_port(args.host, state["azurite_port"], state["azurite_pid"], "azurite-blob")
         password = secrets.token_urlsafe(24)
@@ -88,14 +150,13 @@ def cmd_start(args) -> int:
             f"dir {work / 'redis'}\nrequirepass {password}\n"
         )
         conf.chmod(0o600)
-        redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
-        state["redis_pid"] = spawn([redis_bin, str(conf)], work / "redis.log")
+        start_redis(state, work)
         state_path.write_text(json.dumps(state))
         wait_port(args.host, state["redis_port"], state["redis_pid"], "redis-server")
         state["redis_password"] = password
         state["redis_url"] = f"redis://:{password}@{args.host}:{state['redis_port']}/0"
-        state["blob_endpoint"] = f"http://{args.host}:{state['azurite_port']}/{ACCOUNT}"
-        state["account_key"] = ACCOUNT_KEY  # Azurite's published development key
+        state["blob_endpoint"] = f"http://{args.host}:{state['azurite_port']}/{state['account']}"
+        state.setdefault("account_key", ACCOUNT_KEY)  # Azurite's published development key
         state_path.write_text(json.dumps(state))
         client = container(state)
         if not client.exists():
@@ -112,7 +173,8 @@ def container(state: dict):
     from azure.storage.blob import ContainerClient
 
     conn = (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"DefaultEndpointsProtocol=http;AccountName={state.get('account', ACCOUNT)};"
+        f"AccountKey={state.get('account_key', ACCOUNT_KEY)};"
         f"BlobEndpoint={state['blob_endpoint']};"
     )
     return ContainerClient.from_connection_string(conn, state["container"])
@@ -137,6 +199,35 @@ def cmd_stop(args) -> int:
             os.kill(pid, signal.SIGKILL)
     path.unlink()
     shutil.rmtree(path.parent / "hostsvc", ignore_errors=True)
+    return 0
+
+
+SERVICES = {"azurite": ("azurite_pid", "azurite_port", "azurite-blob"),
+            "redis": ("redis_pid", "redis_port", "redis-server")}
+
+
+def cmd_stop_one(args) -> int:
+    """Stop one service (SIGTERM, then SIGKILL); its port and data stay for start-one."""
+    path = Path(args.state)
+    state = load(args.state)
+    pid_key, _, _ = SERVICES[args.service]
+    terminate(state.get(pid_key))
+    state[pid_key] = None
+    path.write_text(json.dumps(state))
+    return 0
+
+
+def cmd_start_one(args) -> int:
+    """Start a stopped service again on the same port, data directory (and password)."""
+    path = Path(args.state)
+    state = load(args.state)
+    pid_key, port_key, what = SERVICES[args.service]
+    if running(state.get(pid_key)):
+        sys.exit(f"hostsvc: {what} is already running (PID {state[pid_key]})")
+    work = path.parent / "hostsvc"
+    (start_azurite if args.service == "azurite" else start_redis)(state, work)
+    path.write_text(json.dumps(state))
+    wait_port(state["host"], state[port_key], state[pid_key], what)
     return 0
 
 
@@ -211,9 +302,16 @@ def main(argv=None) -> int:
     s.add_argument("--azurite-port", type=int)
     s.add_argument("--redis-port", type=int)
     s.set_defaults(func=cmd_start)
+    s.add_argument("--account", help="an Azurite account of this name with a random key "
+                                      "(default: the published devstoreaccount1)")
     t = sub.add_parser("stop")
     t.add_argument("--state", required=True)
     t.set_defaults(func=cmd_stop)
+    for verb, func in (("stop-one", cmd_stop_one), ("start-one", cmd_start_one)):
+        o = sub.add_parser(verb)
+        o.add_argument("--state", required=True)
+        o.add_argument("--service", required=True, choices=sorted(SERVICES))
+        o.set_defaults(func=func)
     b = sub.add_parser("blobs")
     b.add_argument("--state", required=True)
     b.add_argument("--device", required=True)

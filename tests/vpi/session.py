@@ -15,9 +15,11 @@ vpi.py down: processes by PID, overlay, bridge, nftables table) and the host ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +68,7 @@ class ProvisionedPi:
         settings: dict | None = None,
         device: str | None = None,
         log=print,
+        hostsvc_args: list[str] | None = None,
     ):
         self.name = name
         self.subnet = subnet
@@ -76,6 +79,9 @@ class ProvisionedPi:
         self.vm: dict = {}
         self.svc: dict = {}
         self.svc_state = self.workdir / "hostsvc.json"
+        # More `hostsvc.py start` options, e.g. ["--account", "name"] (a secret account key).
+        self.hostsvc_args = list(hostsvc_args or [])
+        self._supervisor: subprocess.Popen | None = None
 
     # --- life cycle ---------------------------------------------------------------
     def __enter__(self) -> ProvisionedPi:
@@ -99,7 +105,8 @@ class ProvisionedPi:
         self.vm = json.loads(run(args, capture_output=True).stdout)
         self.log("starting Azurite and redis-server beside it")
         run(
-            [*HOSTSVC, "start", "--host", self.vm["host_ip"], "--state", str(self.svc_state)],
+            [*HOSTSVC, "start", "--host", self.vm["host_ip"], "--state", str(self.svc_state),
+             *self.hostsvc_args],
             capture_output=True,
         )
         self.svc = json.loads(self.svc_state.read_text())
@@ -107,6 +114,33 @@ class ProvisionedPi:
     def provision(self, **overrides) -> subprocess.CompletedProcess:
         """Run the real ansible/provision.yml against the guest; returns the run."""
         self.settings.update(overrides)
+        self.log("provisioning it with ansible/provision.yml (the real playbook)")
+        result = self.playbook(self.playbook_vars(), self.workdir / "vars.json")
+        (self.workdir / "provision.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"provisioning failed (status {result.returncode}); see "
+                f"{self.workdir / 'provision.log'}:\n{result.stdout[-2000:]}"
+            )
+        return result
+
+    def playbook_vars(self) -> dict:
+        """The extra vars provision() runs the playbook with (secrets inside)."""
+        return {
+            **self.settings,
+            "hatcam_device_name": self.device,
+            "hatcam_redis_url": self.svc["redis_url"],
+            "hatcam_blob_mint_sas": True,
+            "hatcam_blob_account_name": self.svc["account"],
+            "hatcam_blob_account_key": self.svc["account_key"],
+            "hatcam_blob_endpoint": self.svc["blob_endpoint"],
+            "hatcam_blob_container": self.svc["container"],
+        }
+
+    def playbook(self, variables: dict, vars_file: Path) -> subprocess.CompletedProcess:
+        """Run ansible/provision.yml with exactly these extra vars (written to ``vars_file``,
+        mode 0600); returns the run whatever its status. provision() and the fault tests
+        (a bad variable, an expired SAS) use it; ``self.settings`` is left alone."""
         inventory = self.workdir / "inventory"
         inventory.write_text(
             "[hatcams]\n"
@@ -115,48 +149,27 @@ class ProvisionedPi:
             f"ansible_ssh_common_args='-o UserKnownHostsFile={self.vm['known_hosts']} "
             "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes'\n"
         )
-        extra = self.workdir / "vars.json"
-        extra.touch(mode=0o600)
-        extra.write_text(
-            json.dumps(
-                {
-                    **self.settings,
-                    "hatcam_device_name": self.device,
-                    "hatcam_redis_url": self.svc["redis_url"],
-                    "hatcam_blob_mint_sas": True,
-                    "hatcam_blob_account_name": self.svc["account"],
-                    "hatcam_blob_account_key": self.svc["account_key"],
-                    "hatcam_blob_endpoint": self.svc["blob_endpoint"],
-                    "hatcam_blob_container": self.svc["container"],
-                }
-            )
-        )
-        self.log("provisioning it with ansible/provision.yml (the real playbook)")
+        vars_file = Path(vars_file)
+        vars_file.touch(mode=0o600)
+        vars_file.write_text(json.dumps(variables))
         env = {
             **os.environ,
             "ANSIBLE_CONFIG": str(ROOT / "ansible" / "ansible.cfg"),
             "ANSIBLE_FORCE_COLOR": "0",
         }
-        result = run(
+        return run(
             [
                 str(Path(sys.executable).parent / "ansible-playbook"),
                 str(ROOT / "ansible" / "provision.yml"),
                 "-i",
                 str(inventory),
                 "-e",
-                f"@{extra}",
+                f"@{vars_file}",
             ],
             capture_output=True,
             env=env,
             check=False,
         )
-        (self.workdir / "provision.log").write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"provisioning failed (status {result.returncode}); see "
-                f"{self.workdir / 'provision.log'}:\n{result.stdout[-2000:]}"
-            )
-        return result
 
     def close(self) -> None:
         if self.svc_state.exists():
@@ -195,7 +208,101 @@ class ProvisionedPi:
     def restore_network(self) -> None:
         run(["ip", "link", "set", self.host_veth(), "up"])
 
+    # --- power ---------------------------------------------------------------------
+    def upper_dir(self) -> Path:
+        """The overlay's upper layer: everything the guest wrote (its SD card)."""
+        return Path(self.vm["merged"]).parent / "upper"
+
+    def power_cut(self, timeout: float = 30) -> float:
+        """Pull the battery: SIGKILL the guest's systemd-nspawn and its PID 1 at once.
+
+        Killing nspawn alone leaves the guest's systemd and every daemon running,
+        orphaned; killing PID 1 of the guest's PID namespace makes the kernel kill every
+        process in it at the same moment, with no shutdown. The supervisor sees a status
+        other than 133 and exits. Returns the time of the kill (time.time()). Unlike a real
+        power cut, the host's page cache keeps what the guest wrote but had not synced."""
+        import vpi
+
+        state = vpi.load_state(self.name)
+        nspawn, sup = state.get("nspawn_pid"), state.get("supervisor_pid")
+        if not vpi.alive(nspawn):
+            raise RuntimeError(f"{self.name}: no running systemd-nspawn to kill")
+        init = self._guest_init(nspawn)
+        for pid in (init, nspawn):
+            os.kill(pid, signal.SIGKILL)
+        killed = time.time()
+        if self._supervisor is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._supervisor.wait(timeout)
+        veth = f"vb-{self.name}"[:15]
+        self.wait_for(
+            lambda: not vpi.alive(nspawn)
+            and not vpi.alive(sup)
+            and not vpi.alive(init)
+            and run(["ip", "link", "show", veth], check=False, capture_output=True).returncode,
+            timeout,
+            "the guest's processes, nspawn, supervisor and veth to go after SIGKILL",
+            poll=0.1,
+        )
+        return killed
+
+    @staticmethod
+    def _guest_init(nspawn: int) -> int:
+        """The guest's PID 1: the child of nspawn that is PID 1 in its own namespace."""
+        for task in Path(f"/proc/{nspawn}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                status = Path(f"/proc/{child}/status").read_text()
+                nspid = next(x for x in status.splitlines() if x.startswith("NSpid:")).split()
+                if nspid[-1] == "1" and len(nspid) > 2:
+                    return int(child)
+        raise RuntimeError(f"no guest PID 1 under systemd-nspawn {nspawn}")
+
+    def boot_again(self, timeout: float = 120) -> None:
+        """Power on again after power_cut(): a new supervisor boots nspawn on the same
+        overlay (the upper dir, the SD card, survived) the way `vpi.py up` does."""
+        import vpi
+
+        state = vpi.load_state(self.name)
+        if vpi.alive(state.get("supervisor_pid")) or vpi.alive(state.get("nspawn_pid")):
+            raise RuntimeError(f"{self.name} is still running")
+        rdir = vpi.run_dir(self.name)
+        state["nspawn_pid"] = None
+        state.pop("nspawn_exit", None)
+        vpi.save_state(self.name, state)
+        with open(rdir / "console.log", "ab") as console:
+            self._supervisor = subprocess.Popen(
+                [*VPI, "_supervise", self.name],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # The supervisor saves the state once it started nspawn; record our PID after that,
+        # so neither write loses the other's field.
+        self.wait_for(
+            lambda: vpi.load_state(self.name).get("nspawn_pid"),
+            30,
+            "the supervisor to start systemd-nspawn",
+            poll=0.1,
+        )
+        state = vpi.load_state(self.name)
+        state["supervisor_pid"] = self._supervisor.pid
+        vpi.save_state(self.name, state)
+        vpi.wait_for_ssh(state, timeout)
+
     # --- the services beside it ------------------------------------------------------
+    def stop_service(self, service: str) -> None:
+        """Stop Azurite ("azurite") or redis-server ("redis"): an outage."""
+        run([*HOSTSVC, "stop-one", "--state", str(self.svc_state), "--service", service],
+            capture_output=True)
+        self.svc = json.loads(self.svc_state.read_text())
+
+    def start_service(self, service: str) -> None:
+        """Start it again on the same port and data directory (Redis: same password)."""
+        run([*HOSTSVC, "start-one", "--state", str(self.svc_state), "--service", service],
+            capture_output=True)
+        self.svc = json.loads(self.svc_state.read_text())
+
     def connection_string(self) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={self.svc['account']};"
