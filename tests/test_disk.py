@@ -116,3 +116,30 @@ def test_drop_oldest_keeps_recording_and_logs_each_drop(small_card, tmp_path):
     assert min(int(n.rsplit("-", 1)[1].split(".")[0]) for n in remaining) > max(
         int(n.rsplit("-", 1)[1].split(".")[0]) for n in dropped[:1]
     ), "the oldest go first"
+
+
+def test_a_card_filled_by_something_else_never_crashes_the_camera(small_card, tmp_path):
+    # No floor at all, and another program takes half the card: writes hit ENOSPC.
+    filler = small_card / "filler"
+    filler.write_bytes(b"\0" * 6_000_000)
+    spool_dir = small_card / "spool"
+    spool = Spool(spool_dir)
+    log = tmp_path / "camera.log"
+    settings = {**camera_settings(spool_dir, "pause"), "HATCAM_MIN_FREE_MB": "0"}
+    proc = start_hatcam("camera", settings=settings, log=log)
+    try:
+        wait_until(lambda: "closing it early" in log.read_text(), 60, "a write to fail")
+        time.sleep(2)
+        assert proc.poll() is None, "the camera daemon keeps running on a full card"
+        filler.unlink()  # space comes back
+        wait_until(lambda: "recording again" in log.read_text(), 30, "recording to go on")
+        salvaged = [p for p in spool.ready_segments() if spool.read_metadata(p).get("recovered")]
+        assert salvaged, "the segment cut short by the full card is kept and queued"
+        before = {p.name for p in spool.ready_segments()}
+        wait_until(lambda: {p.name for p in spool.ready_segments()} - before, 30, "new segments")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert text.count("cannot start a segment") <= 1, "one line when it starts failing"

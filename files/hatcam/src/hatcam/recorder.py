@@ -42,8 +42,7 @@ class Recorder:
         s = self.settings
         self.camera = self.camera or open_camera(s)
         self.spool.ensure()
-        for path in recover(self.spool, s.device, s.fps):
-            log.info("recovered segment queued for upload: %s", path.name)
+        recover(self.spool, s.device, s.fps)  # what a crash or power cut left behind
         if s.stills:
             from .stills import StillsPublisher
 

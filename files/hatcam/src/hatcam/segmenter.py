@@ -10,6 +10,7 @@ no index at the end: a segment cut short by a power loss still plays.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -125,6 +126,13 @@ class SegmentFile:
         os.fsync(self.fh.fileno())
         self.fh.close()
 
+    def abort(self) -> None:
+        """Close after a failed write: what reached the card stays for salvage()."""
+        with contextlib.suppress(OSError, av.error.FFmpegError):
+            self.container.close()
+        with contextlib.suppress(OSError):
+            self.fh.close()
+
     def duration(self) -> float:
         if self.first_pts is None:
             return 0.0
@@ -181,6 +189,7 @@ class Segmenter:
         self.run_start_us: int | None = None
         self.synced = False
         self.paused = False
+        self.card_failing = False  # a write or a new segment was refused by the card
         self.last_room_check = 0.0
         self.frames_dropped = 0
         self.segments_closed = 0
@@ -198,7 +207,8 @@ class Segmenter:
         if self.run_start_us is None:
             self.run_start_us = timestamp
         now = time.monotonic()
-        if now - self.last_room_check >= FLUSH_EVERY or self.current is None:
+        # At every keyframe (where a segment may start) and at least once a second.
+        if keyframe or now - self.last_room_check >= FLUSH_EVERY:
             self.last_room_check = now
             self._check_room()
         if self.paused:
@@ -214,9 +224,44 @@ class Segmenter:
             if not keyframe:  # a segment must start with a keyframe to play on its own
                 self.frames_dropped += 1
                 return
-            self._open(timestamp)
+            try:
+                if self.card_failing:  # first queue what the failed writes left behind
+                    recover(self.spool, self.device, self.fps)
+                self._open(timestamp)
+            except OSError as exc:  # the card is full or failing: try the next keyframe
+                self.frames_dropped += 1
+                if not self.card_failing:
+                    log.error("cannot start a segment (%s); trying at every keyframe", exc)
+                self.card_failing = True
+                return
+            if self.card_failing:
+                log.warning(
+                    "recording again (%d frames lost while the card refused writes)",
+                    self.frames_dropped,
+                )
+                self.card_failing = False
         pts = round((timestamp - self.run_start_us) * MPEGTS_CLOCK / 1_000_000)
-        self.current.write(data, keyframe, pts)
+        try:
+            self.current.write(data, keyframe, pts)
+        except (OSError, av.error.FFmpegError) as exc:
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: Exception) -> None:
+        """The card refused a write (full, or failing). Keep what the segment holds and
+        let the floor policy decide what next, rather than crash the camera."""
+        segment, self.current = self.current, None
+        self.frames_dropped += 1
+        self.card_failing = True
+        self._give_up_on(segment, f"writing it failed: {exc}")
+        self._check_room()
+
+    def _give_up_on(self, segment: SegmentFile, why: str) -> None:
+        log.error("%s: %s; closing it early", segment.path.name, why)
+        segment.abort()
+        try:
+            salvage(self.spool, self.device, self.fps, segment.path, "closed early")
+        except OSError as exc:  # recover() at the next start picks it up
+            log.error("%s stays in recording/ until the next start (%s)", segment.path.name, exc)
 
     def _check_room(self) -> None:
         ok = self.room()
@@ -243,17 +288,21 @@ class Segmenter:
         segment, self.current = self.current, None
         if segment is None:
             return
-        segment.close()
-        meta = segment_metadata(
-            self.device,
-            segment.name,
-            segment.frames,
-            segment.duration(),
-            segment.first_pts,
-            self.synced,
-            segment.writer.md5.hexdigest(),
-        )
-        path = self.spool.commit(segment.path, meta)
+        try:
+            segment.close()
+            meta = segment_metadata(
+                self.device,
+                segment.name,
+                segment.frames,
+                segment.duration(),
+                segment.first_pts,
+                self.synced,
+                segment.writer.md5.hexdigest(),
+            )
+            path = self.spool.commit(segment.path, meta)
+        except (OSError, av.error.FFmpegError) as exc:
+            self._give_up_on(segment, f"closing it failed: {exc}")
+            return
         self.segments_closed += 1
         log.info(
             "segment ready: %s (%d frames, %.2f s)", path.name, meta["frames"], segment.duration()
@@ -289,22 +338,30 @@ def probe(path: Path) -> tuple[int, int | None, int | None]:
     return frames, first, last
 
 
+def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path | None:
+    """Queue a segment that was not closed properly with what it holds (or drop it if it
+    holds no complete frame)."""
+    name = SegmentName.parse(path.name)
+    frames, first, last = probe(path) if name else (0, None, None)
+    if frames == 0:
+        log.warning("discarding %s (%s): it holds no complete frame", path.name, why)
+        path.unlink(missing_ok=True)
+        return None
+    duration = (last - first) / MPEGTS_CLOCK + 1 / fps
+    # Whether the clock was synchronised back then is unknown: say no.
+    meta = segment_metadata(device, name, frames, duration, first, False)
+    meta["recovered"] = True
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    committed = spool.commit(path, meta)
+    log.warning("recovered %s (%s): %d frames", path.name, why, frames)
+    return committed
+
+
 def recover(spool: Spool, device: str, fps: int) -> list[Path]:
     """Move segments left in recording/ by a crash or power cut into ready/."""
-    recovered = []
-    for path in sorted(spool.recording.glob("*.ts")):
-        name = SegmentName.parse(path.name)
-        frames, first, last = probe(path) if name else (0, None, None)
-        if frames == 0:
-            log.warning("discarding %s: it holds no complete frame", path.name)
-            path.unlink(missing_ok=True)
-            continue
-        duration = (last - first) / MPEGTS_CLOCK + 1 / fps
-        # Whether the clock was synchronised back then is unknown: say no.
-        meta = segment_metadata(device, name, frames, duration, first, False)
-        meta["recovered"] = True
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        recovered.append(spool.commit(path, meta))
-        log.warning("recovered %s after an unclean stop (%d frames)", path.name, frames)
-    return recovered
+    found = (
+        salvage(spool, device, fps, path, "after an unclean stop")
+        for path in sorted(spool.recording.glob("*.ts"))
+    )
+    return [path for path in found if path is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -17,10 +18,12 @@ class StateFile:
 
     def write(self, state: dict) -> None:
         # Not fsync'd: it is rewritten often and losing it to a power cut costs nothing.
+        # Best effort: a full card must not stop a daemon over its status report.
         state = {**state, "pid": os.getpid(), "updated": iso(datetime.now(UTC))}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.path)
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(state, indent=1))
+            os.replace(tmp, self.path)
 
     def read(self) -> dict | None:
         try:
