@@ -234,17 +234,24 @@ class ProvisionedPi:
         if self._supervisor is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._supervisor.wait(timeout)
-        veth = f"vb-{self.name}"[:15]
         self.wait_for(
-            lambda: not vpi.alive(nspawn)
-            and not vpi.alive(sup)
-            and not vpi.alive(init)
-            and run(["ip", "link", "show", veth], check=False, capture_output=True).returncode,
+            lambda: not vpi.alive(nspawn) and not vpi.alive(sup) and not vpi.alive(init),
             timeout,
-            "the guest's processes, nspawn, supervisor and veth to go after SIGKILL",
+            "the guest's processes, nspawn and its supervisor to go after SIGKILL",
             poll=0.1,
         )
+        # The host end of the guest's veth normally goes with its network namespace, but
+        # the kernel may free that late; the next boot needs the name, so delete it.
+        veth = f"vb-{self.name}"[:15]
+        with contextlib.suppress(TimeoutError):
+            self.wait_for(lambda: self._link_gone(veth), 3, f"{veth} to go", poll=0.1)
+        if not self._link_gone(veth):
+            run(["ip", "link", "del", veth], check=False, capture_output=True)
         return killed
+
+    @staticmethod
+    def _link_gone(name: str) -> bool:
+        return run(["ip", "link", "show", name], check=False, capture_output=True).returncode != 0
 
     @staticmethod
     def _guest_init(nspawn: int) -> int:
