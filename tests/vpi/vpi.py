@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A throwaway virtual Raspberry Pi: Debian bookworm booted with systemd-nspawn.
 
-    vpi.py build [--force]              build (or reuse) the cached root filesystem tarball
-    vpi.py up NAME [--subnet 10.213.7]  boot a guest on a fresh overlay, wait for SSH
+    vpi.py build [--force] [--arch A]   build (or reuse) the cached root filesystem tarball
+    vpi.py up NAME [--subnet 10.213.7] [--arch A]
+                                        boot a guest on a fresh overlay, wait for SSH
     vpi.py down NAME                    stop it and clean up everything it set up
     vpi.py status NAME                  print its state as JSON (exit 1 if not running)
     vpi.py ssh NAME [COMMAND...]        SSH into it as user pi
@@ -21,6 +22,15 @@ its traffic so its apt and pip reach the mirrors. Exit code 133 (the guest asked
 to reboot) restarts nspawn, so ``ansible.builtin.reboot`` works. ``down`` stops
 the guest by PID, unmounts the overlay, deletes the bridge and the nftables table
 and restores ``net.ipv4.ip_forward``; ``up`` does the same if it fails.
+
+``--arch`` (default: the host's, e.g. amd64) builds and boots another Debian
+architecture, ``arm64`` or ``armhf`` as on a Raspberry Pi, under qemu-user-static
+through binfmt_misc: the host's qemu-user-static and binfmt-support are installed
+when missing and the qemu entry is (re-)registered with the F flag (the interpreter
+works inside the container without being copied in) and the C flag (sudo, setuid).
+Such a root filesystem gets drop-ins for what qemu-user cannot emulate (see
+``QEMU_DROPINS``), is cached in its own tarball, boots about 6x slower, and is
+stopped with SIGRTMIN+6, which qemu hands the guest's systemd as a poweroff.
 
 Only the standard library is used; run it as root. Everything lives under
 ``.cache/vpi`` of the repository (override with ``VPI_CACHE``).
@@ -51,6 +61,9 @@ SECURITY = os.environ.get("VPI_SECURITY_MIRROR", "http://deb.debian.org/debian-s
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,10}$")  # vpi-NAME must fit in 15 characters
 HOST_PACKAGES = ["mmdebstrap", "systemd-container", "nftables", "iproute2", "openssh-client"]
+# Debian architecture -> qemu-user name (its binfmt entry is qemu-<name>).
+QEMU_ARCHES = {"arm64": "aarch64", "armhf": "arm", "armel": "arm"}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
 # Roughly what Pi OS Lite (bookworm) has that matters to the roles.
 PACKAGES = [
@@ -165,8 +178,168 @@ def extra_cas() -> list[Path]:
     return sorted(EXTRA_CA_DIR.glob("**/*.crt")) if EXTRA_CA_DIR.is_dir() else []
 
 
-def customize_script() -> str:
+def host_arch() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], check=True, text=True,
+                          stdout=subprocess.PIPE).stdout.strip()
+
+
+def foreign(arch: str) -> bool:
+    return arch != host_arch()
+
+
+def ensure_binfmt(arch: str) -> None:
+    """Make the host run ARCH binaries: qemu-user-static, its binfmt entry with flags F and C."""
+    if not foreign(arch):
+        return
+    if arch not in QEMU_ARCHES:
+        sys.exit(f"vpi: --arch {arch}: only {', '.join(QEMU_ARCHES)} (or the host's) are known")
+    qemu = QEMU_ARCHES[arch]
+    if not (BINFMT / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)])
+    if not shutil.which(f"qemu-{qemu}-static") or not shutil.which("update-binfmts"):
+        log("installing host packages: qemu-user-static binfmt-support")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+             "qemu-user-static", "binfmt-support"], env=env)
+    entry = BINFMT / f"qemu-{qemu}"
+    if not entry.exists():
+        run(["update-binfmts", "--enable", f"qemu-{qemu}"], check=False)
+    if not entry.exists():
+        sys.exit(f"vpi: no binfmt_misc entry {entry} after installing qemu-user-static")
+    fields: dict[str, str] = {}
+    lines = entry.read_text().splitlines()
+    for line in lines[1:]:
+        key, _, value = line.partition(" ")
+        fields[key.rstrip(":")] = value.strip()
+    flags = fields.get("flags", "")
+    if lines[0] == "enabled" and "F" in flags and "C" in flags:
+        return
+    # Re-register the same entry with F (fix binary: the interpreter is opened now, so
+    # it works inside the container) and C (credentials of the binary: setuid sudo).
+    new_flags = "".join(sorted(set(flags) | {"F", "C"}))
+    esc = lambda hexs: "".join(f"\\x{hexs[i:i + 2]}" for i in range(0, len(hexs), 2))  # noqa: E731
+    spec = (f":qemu-{qemu}:M:{fields.get('offset', '0')}:{esc(fields['magic'])}:"
+            f"{esc(fields['mask'])}:{fields['interpreter']}:{new_flags}")
+    log(f"re-registering binfmt qemu-{qemu} with flags {new_flags} (was {flags or 'none'})")
+    entry.write_text("-1\n")
+    (BINFMT / "register").write_text(spec + "\n")
+    text = entry.read_text()
+    if not text.startswith("enabled") or "C" not in text.split("flags:")[1].split()[0]:
+        sys.exit(f"vpi: could not register {entry} with flags F and C:\n{text}")
+
+
+# Units that fail under qemu-user, only in a foreign-architecture test root filesystem
+# (the real units are never changed): LoadCredential= (systemd cannot set up the
+# credentials mount for an emulated process) and PrivateNetwork=yes.
+QEMU_DROPINS = {
+    "systemd-sysctl.service": "[Service]\nLoadCredential=\n",
+    "systemd-sysusers.service": "[Service]\nLoadCredential=\n",
+    "systemd-tmpfiles-setup.service": "[Service]\nLoadCredential=\n",
+    "systemd-tmpfiles-setup-dev.service": "[Service]\nLoadCredential=\n",
+    "systemd-hostnamed.service": "[Service]\nPrivateNetwork=no\n",
+    "systemd-localed.service": "[Service]\nPrivateNetwork=no\n",
+    "systemd-timedated.service": "[Service]\nPrivateNetwork=no\n",
+    "systemd-logind.service": "[Service]\nPrivateNetwork=no\n",
+}
+
+
+def guest_package_version(root: Path, package: str) -> str | None:
+    status = (root / "var/lib/dpkg/status").read_text()
+    for block in status.split("\n\n"):
+        if f"Package: {package}\n" in block + "\n":
+            m = re.search(r"^Version: (\S+)", block, re.M)
+            return m.group(1) if m else None
+    return None
+
+
+def native_nm_bundle(version: str) -> Path:
+    """The host-architecture NetworkManager of VERSION with the libraries it loads (cached).
+
+    qemu-user refuses NETLINK_GENERIC sockets, so an emulated NetworkManager aborts at
+    start (nm-linux-platform.c: assertion failed). The host's build of the same version
+    runs natively inside the foreign guest (the kernel runs host binaries as they are),
+    beside the guest's own package, config, D-Bus policy and nmcli.
+    """
+    bundle = CACHE / "native-nm" / f"{version}-{host_arch()}"
+    if (bundle / ".complete").exists():
+        return bundle
+    log(f"preparing a native NetworkManager {version} for emulated guests")
+    work = CACHE / "native-nm" / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(bundle, ignore_errors=True)
+    (work / "debs").mkdir(parents=True)
+    deps = subprocess.run(
+        ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+         "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+         f"network-manager={version}"],
+        check=True, text=True, stdout=subprocess.PIPE).stdout.split("\n")
+    libs = sorted({d for d in deps if re.fullmatch(r"(lib[a-z0-9.+-]+|zlib1g)", d)})
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "download", "-qq", f"network-manager={version}", *libs],
+        cwd=work / "debs", env=env, stderr=subprocess.DEVNULL)
+    for deb in sorted((work / "debs").glob("*.deb")):
+        run(["dpkg-deb", "-x", str(deb), str(work / "root")])
+    bundle.mkdir(parents=True)
+    shutil.copy2(work / "root/usr/sbin/NetworkManager", bundle / "NetworkManager")
+    root = work / "root"
+    for libdir in [*root.glob("lib/*-linux-gnu*"), *root.glob("usr/lib/*-linux-gnu*"),
+                   root / "lib64"]:
+        for so in libdir.glob("*.so*"):
+            if not (bundle / so.name).exists():
+                shutil.copy2(so, bundle / so.name, follow_symlinks=True)
+    loader = next(bundle.glob("ld-linux*.so*"))
+    listed = subprocess.run([str(loader), "--library-path", str(bundle), "--list",
+                             str(bundle / "NetworkManager")], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if listed.returncode != 0 or "not found" in listed.stdout:
+        sys.exit(f"vpi: the native NetworkManager bundle is incomplete:\n{listed.stdout}")
+    needed = {}
+    for line in listed.stdout.splitlines():
+        if "=>" in line:
+            soname, path = line.split()[0], line.split("=>")[1].split()[0]
+            needed[soname] = Path(path)
+    for soname, path in needed.items():  # found on the host rather than in the debs
+        if not (bundle / soname).exists():
+            shutil.copy2(path, bundle / soname, follow_symlinks=True)
+    for so in bundle.glob("*.so*"):  # keep what NetworkManager loads and the loader
+        if so.name not in needed and so != loader:
+            so.unlink()
+    (bundle / "loader").symlink_to(loader.name)
+    shutil.rmtree(work, ignore_errors=True)
+    (bundle / ".complete").touch()
+    return bundle
+
+
+def install_native_nm(merged: Path) -> None:
+    """Run the host's NetworkManager in a foreign guest: files in /usr/local, a drop-in."""
+    version = guest_package_version(merged, "network-manager")
+    if not version:
+        return
+    bundle = native_nm_bundle(version)
+    dest = merged / "usr/local/lib/vpi-native-nm"
+    shutil.copytree(bundle, dest, symlinks=True, dirs_exist_ok=True)
+    dropin = merged / "etc/systemd/system/NetworkManager.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "vpi-native.conf").write_text(
+        "# vpi: qemu-user has no NETLINK_GENERIC; run the host's build of the same version.\n"
+        "[Service]\nExecStart=\n"
+        "ExecStart=/usr/local/lib/vpi-native-nm/loader --library-path "
+        "/usr/local/lib/vpi-native-nm /usr/local/lib/vpi-native-nm/NetworkManager --no-daemon\n"
+    )
+
+
+def qemu_dropins_script() -> str:
+    out = []
+    for unit, body in QEMU_DROPINS.items():
+        d = f'"$R/etc/systemd/system/{unit}.d"'
+        out.append(f"mkdir -p {d}\nprintf '{body}' > {d}/vpi-qemu-user.conf")
+    return "\n".join(out) + "\n"
+
+
+def customize_script(arch: str | None = None) -> str:
     """Shell run by mmdebstrap on the finished tree ($1 is its root)."""
+    extra = qemu_dropins_script() if arch and foreign(arch) else ""
     return f"""set -eu
 R="$1"
 chroot "$R" useradd -m -s /bin/bash -G sudo,video,adm,dialout,plugdev pi
@@ -196,45 +369,56 @@ chroot "$R" systemctl enable ssh NetworkManager systemd-timesyncd >/dev/null 2>&
 # Nothing to do in a container.
 chroot "$R" systemctl mask systemd-udev-settle.service >/dev/null 2>&1 || true
 echo 'vpi' > "$R/etc/vpi-guest"
-"""
+""" + extra
 
 
-def build_key() -> str:
+def build_key(arch: str) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([SUITE, MIRROR, SECURITY, PACKAGES]).encode())
-    h.update(customize_script().encode())
+    if foreign(arch):  # the host's architecture keeps the key it always had
+        h.update(arch.encode())
+    h.update(customize_script(arch).encode())
     for ca in extra_cas():
         h.update(ca.read_bytes())
     return h.hexdigest()[:12]
 
 
-def tarball_path() -> Path:
-    return CACHE / f"rootfs-{SUITE}-{build_key()}.tar"
+def tarball_prefix(arch: str) -> str:
+    """rootfs-bookworm- for the host's architecture, rootfs-bookworm-arm64- for another."""
+    return f"rootfs-{SUITE}-{arch}-" if foreign(arch) else f"rootfs-{SUITE}-"
+
+
+def tarball_path(arch: str) -> Path:
+    return CACHE / f"{tarball_prefix(arch)}{build_key(arch)}.tar"
 
 
 def cmd_build(args) -> Path:
     require_root()
     ensure_host_tools()
-    tar = tarball_path()
+    arch = args.arch or host_arch()
+    ensure_binfmt(arch)
+    tar = tarball_path(arch)
     if tar.exists() and not args.force:
         log(f"cached root filesystem: {tar}")
         return tar
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = tar.with_suffix(".tar.partial")
-    log(f"building {tar.name} with mmdebstrap (about 2 minutes)")
+    log(f"building {tar.name} with mmdebstrap (about 2 minutes"
+        f"{'; 10 or more under qemu' if foreign(arch) else ''})")
     sources = [
         f"deb {MIRROR} {SUITE} main",
         f"deb {MIRROR} {SUITE}-updates main",
         f"deb {SECURITY} {SUITE}-security main",
     ]
-    script = CACHE / "customize.sh"
-    script.write_text(customize_script())
+    script = CACHE / f"customize-{arch}.sh" if foreign(arch) else CACHE / "customize.sh"
+    script.write_text(customize_script(arch))
     run(
         [
             "mmdebstrap",
             "--variant=minbase",
             "--mode=root",
             "--format=tar",
+            f"--architectures={arch}",
             f"--include={','.join(PACKAGES)}",
             f"--customize-hook=sh {script} \"$1\"",
             SUITE,
@@ -243,8 +427,11 @@ def cmd_build(args) -> Path:
         ]
     )
     tmp.rename(tar)
+    # Older builds of the same architecture only (rootfs-bookworm-<key>[.tar] or
+    # rootfs-bookworm-<arch>-<key>[.tar]); another architecture's cache stays.
+    same_arch = re.compile(re.escape(tarball_prefix(arch)) + r"[0-9a-f]{12}(\.tar)?")
     for old in CACHE.glob(f"rootfs-{SUITE}-*"):
-        if old.name not in (tar.name, tar.stem) and not old.name.endswith(".partial"):
+        if same_arch.fullmatch(old.name) and old.name not in (tar.name, tar.stem):
             log(f"removing stale {old.name}")
             if old.is_dir():
                 shutil.rmtree(old)
@@ -409,6 +596,11 @@ def nspawn_command(state: dict) -> list[str]:
         "--link-journal=no",
         "--console=read-only",
     ]
+    if state.get("foreign"):
+        # nspawn's default SIGRTMIN+3 (halt) reaches systemd under qemu as another
+        # signal (qemu shifts the real-time ones), which leaves the guest in rescue
+        # mode; the host's SIGRTMIN+6 arrives as SIGRTMIN+4, a clean poweroff.
+        cmd.append("--kill-signal=SIGRTMIN+6")
     for host, guest in state.get("binds", []):
         cmd.append(f"--bind={host}:{guest}")
     return cmd
@@ -479,7 +671,9 @@ def cmd_up(args) -> int:
     if alive(load_state(name).get("supervisor_pid")):
         sys.exit(f"vpi: {name} is already running (vpi.py down {name})")
     cleanup(name)  # leftovers of a run that was killed
-    tar = cmd_build(argparse.Namespace(force=False))
+    arch = args.arch or host_arch()
+    tar = cmd_build(argparse.Namespace(force=False, arch=arch))
+    timeout = args.timeout or (600 if foreign(arch) else 90)
     lower = lower_dir(tar)
     rdir.mkdir(parents=True)
     merged, upper, work = rdir / "merged", rdir / "upper", rdir / "work"
@@ -502,6 +696,8 @@ def cmd_up(args) -> int:
         "ssh_key": str(rdir / "id_ed25519"),
         "known_hosts": str(rdir / "known_hosts"),
         "binds": binds,
+        "arch": arch,
+        "foreign": foreign(arch),
         "created": [],
         "supervisor_pid": None,
         "nspawn_pid": None,
@@ -513,6 +709,8 @@ def cmd_up(args) -> int:
         state["created"].append("mount")
         save_state(name, state)
         prepare_guest(state, merged, rdir)
+        if state["foreign"]:
+            install_native_nm(merged)
         setup_network(state)
         save_state(name, state)
         started = time.monotonic()
@@ -524,7 +722,7 @@ def cmd_up(args) -> int:
             )
         state["supervisor_pid"] = sup.pid
         save_state(name, state)
-        wait_for_ssh(state, args.timeout)
+        wait_for_ssh(state, timeout)
         log(f"{name} is up at {state['ip']} after {time.monotonic() - started:.1f} s "
             f"(ssh: {Path(__file__).name} ssh {name})")
     except BaseException:
@@ -618,11 +816,16 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build or reuse the cached root filesystem")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument("--arch", help="Debian architecture, e.g. arm64 or armhf under qemu-user "
+                                  "(default: the host's)")
     b.set_defaults(func=cmd_build)
     u = sub.add_parser("up", help="boot a guest and wait for SSH")
     u.add_argument("name")
     u.add_argument("--subnet", default="10.213.7", help="first three octets (default %(default)s)")
-    u.add_argument("--timeout", type=float, default=90, help="seconds to wait for SSH")
+    u.add_argument("--timeout", type=float,
+                   help="seconds to wait for SSH (default 90; 600 under qemu)")
+    u.add_argument("--arch", help="Debian architecture, e.g. arm64 or armhf under qemu-user "
+                                  "(default: the host's)")
     u.add_argument("--cache", action="append", metavar="HOSTDIR:GUESTDIR",
                    help="bind a host cache directory into the guest (repeatable), e.g. "
                         "apt archives; survives the run")
