@@ -50,7 +50,10 @@ class StillsPublisher:
         self.client = redis.Redis.from_url(
             # No health-check PING: it would add a round trip to every still taken more
             # than its interval apart; a dead connection fails the write and is retried.
-            redis_url, socket_timeout=5, socket_connect_timeout=5, socket_keepalive=True
+            redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
         )
         self.buffer: deque[PendingStill] = deque(maxlen=buffer_size)
         self.cond = threading.Condition()
