@@ -95,7 +95,7 @@ def test_uploader_needs_a_credential_and_a_sas_that_may_create(tmp_path):
         },
     )
     assert read_only.returncode == 2
-    assert "needs cw (missing cw)" in read_only.stderr
+    assert "needs c (missing c)" in read_only.stderr
     assert "s3cr3t" not in read_only.stderr
 
 

@@ -78,7 +78,7 @@ def test_check_says_what_works(tmp_path, azurite, redis_server):
         "REDIS_URL": redis_server.url,
     }
     good = hatcam(
-        "check", settings={**base, "HATCAM_BLOB_SAS_URL": azurite.sas_url("checked", "cw")}
+        "check", settings={**base, "HATCAM_BLOB_SAS_URL": azurite.sas_url("checked", "c")}
     )
     assert good.returncode == 0, good.stdout
     lines = verdicts(good.stdout)
@@ -88,7 +88,7 @@ def test_check_says_what_works(tmp_path, azurite, redis_server):
     )
     assert lines["redis"].startswith("ok")
 
-    forged = azurite.sas_url("checked", "cw").replace("sig=", "sig=AAAA")
+    forged = azurite.sas_url("checked", "c").replace("sig=", "sig=AAAA")
     redis_server.stop()
     bad = hatcam("check", settings={**base, "HATCAM_BLOB_SAS_URL": forged})
     assert bad.returncode == 1

@@ -45,7 +45,7 @@ DAEMON = [
      "hatcam: HATCAM_DISK_POLICY: must be one of pause, drop-oldest, got 'panic'"),
     ("camera", "REDIS_URL", "http://x:6379", "hatcam: REDIS_URL: must look like redis://"),
     ("upload", "HATCAM_BLOB_SAS_URL", "http://h/videos?sp=r&sig=x",
-     "hatcam: HATCAM_BLOB_SAS_URL: the SAS grants sp=r but this command needs cw"),
+     "hatcam: HATCAM_BLOB_SAS_URL: the SAS grants sp=r but this command needs c"),
     ("upload", "HATCAM_RETRY_MAX_SECONDS", "0", "hatcam: HATCAM_RETRY_MAX_SECONDS: must be from"),
 ]
 

@@ -42,7 +42,7 @@ def refused(action) -> int | None:
     return None
 
 
-def test_device_credential_cannot_list_read_or_delete(pi, lab):
+def test_device_credential_cannot_list_read_replace_or_delete(pi, lab):
     thief = ContainerClient.from_container_url(device_sas(lab))
     blob = next(iter(lab.blob_names()))
     results = {
@@ -53,8 +53,8 @@ def test_device_credential_cannot_list_read_or_delete(pi, lab):
     }
     assert results == {k: 403 for k in results}, results
     assert blob in lab.blob_names(), "the blob is gone"
-    # Not asked by the issue, recorded as found: can the device's SAS (sp=cw) write over
-    # a blob whose name it knows? Tried on a scratch blob only.
+    # The device's SAS (sp=c) must not write over a blob whose name it knows either
+    # (tried on a scratch blob).
     owner = pi.container()
     owner.upload_blob("zz-faults-probe/original.bin", b"original", overwrite=True)
     try:
@@ -63,6 +63,7 @@ def test_device_credential_cannot_list_read_or_delete(pi, lab):
         kept = owner.download_blob("zz-faults-probe/original.bin").readall() == b"original"
     finally:
         owner.delete_blob("zz-faults-probe/original.bin")
+    assert overwrite == 403 and kept, "the device credential replaced a blob"
     lab.note("stolen device", **{f"{k} with the device SAS": v for k, v in results.items()},
              overwrite_known_blob=f"status {overwrite or 201}, original kept: {kept}")
 

@@ -1,7 +1,7 @@
 """hatcam_container_sas: mint an Azure Blob container SAS on the control machine.
 
 The account key stays on the control machine (ansible-vault); only the SAS URL,
-limited to the given permissions (create + write for a device) and an expiry,
+limited to the given permissions (create only for a device: it can add blobs, but not list, read, replace or delete them) and an expiry,
 is rendered into the device's env file. Pure standard library (HMAC-SHA256 per
 the Service SAS specification), so the control machine needs no Azure SDK.
 
@@ -35,7 +35,7 @@ def hatcam_container_sas(
     account_key: str,
     account: str,
     container: str,
-    permissions: str = "cw",
+    permissions: str = "c",
     valid_days: int = 365,
     endpoint: str = "",
     expiry: str = "",

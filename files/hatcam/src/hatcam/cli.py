@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from . import config
@@ -34,6 +35,12 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
+def handle_signals(stop) -> None:
+    """SIGTERM (systemd stop) and SIGINT end a daemon cleanly (the camera closes its segment)."""
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def load_settings(args, *, blob: str | None = None, redis: bool = False) -> config.Settings:
     """Validate the configuration before any camera or network is touched."""
     settings = config.load(args.env_file)
@@ -45,7 +52,7 @@ def load_settings(args, *, blob: str | None = None, redis: bool = False) -> conf
 
 
 def cmd_camera(args) -> int:
-    from .recorder import Recorder, handle_signals
+    from .recorder import Recorder
 
     settings = load_settings(args, redis=True)
     recorder = Recorder(settings)
@@ -54,11 +61,10 @@ def cmd_camera(args) -> int:
 
 
 def cmd_upload(args) -> int:
-    from .recorder import handle_signals
     from .spool import Spool
     from .uploader import Uploader
 
-    settings = load_settings(args, blob="cw")
+    settings = load_settings(args, blob="c")
     uploader = Uploader(settings, Spool(settings.spool_dir).ensure())
     handle_signals(lambda *_: uploader.stop())
     uploader.run()

@@ -72,13 +72,13 @@ class Settings:
         return bool(self.blob_connection_string or self.blob_sas_url)
 
     def require_blob(self, permissions: str = "") -> None:
-        """A blob credential must be set; a SAS must grant ``permissions`` (e.g. "cw")."""
+        """A blob credential must be set; a SAS must grant ``permissions`` (e.g. "c")."""
         if not self.has_blob_credential:
             raise ConfigError(
                 ["BLOB_CONNECTION_STRING / HATCAM_BLOB_SAS_URL: one of them must be set"]
             )
         if self.blob_sas_url:
-            granted = parse_qs(urlsplit(self.blob_sas_url).query).get("sp", [""])[0]
+            granted = sas_permissions(self.blob_sas_url)
             missing = [p for p in permissions if p not in granted]
             if missing:
                 raise ConfigError(
@@ -91,6 +91,11 @@ class Settings:
     def require_redis(self) -> None:
         if self.stills and not self.redis_url:
             raise ConfigError(["REDIS_URL: must be set when HATCAM_STILLS is on"])
+
+
+def sas_permissions(url: str) -> str:
+    """The ``sp=`` of a SAS URL: what its holder may do (c create, w write, r read, ...)."""
+    return parse_qs(urlsplit(url).query).get("sp", [""])[0]
 
 
 def read_environment(env_file: str | Path | None = None, environ=None) -> dict[str, str]:

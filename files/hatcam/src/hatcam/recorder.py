@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 
 from .camera import open_camera
@@ -101,9 +100,3 @@ class Recorder:
 
     def stop(self, *_args) -> None:
         self.stop_event.set()
-
-
-def handle_signals(stop) -> None:
-    """SIGTERM (systemd stop) and SIGINT end the daemon cleanly, closing the segment."""
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)

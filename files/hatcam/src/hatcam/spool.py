@@ -12,6 +12,7 @@ ready/ only ever holds complete files. Its metadata is written first, so a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -106,20 +107,41 @@ class Spool:
     def free_mb(self) -> float:
         return shutil.disk_usage(self.root).free / 1_000_000
 
+    @staticmethod
+    @contextlib.contextmanager
+    def claim(segment: Path):
+        """The segment's open file, locked against the other daemon; None if that one
+        holds it (the uploader sending it, or the camera dropping it) or it is gone."""
+        try:
+            fh = open(segment, "rb")  # noqa: SIM115 - closed below, after the lock
+        except FileNotFoundError:
+            yield None
+            return
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            # Dropped (or uploaded) between open() and the lock: the name is gone.
+            yield fh if segment.exists() else None
+
     def drop_oldest(self) -> Path | None:
-        """Delete the oldest unsent segment to make room; log it, since footage is lost."""
-        segments = self.ready_segments()
-        if not segments:
-            return None
-        oldest = segments[0]
-        size = oldest.stat().st_size if oldest.exists() else 0
-        self.remove(oldest)
-        log.warning(
-            "disk full: dropped oldest unsent segment %s (%.1f MB) to keep recording",
-            oldest.name,
-            size / 1e6,
-        )
-        return oldest
+        """Delete the oldest unsent segment to make room; log it, since footage is lost.
+        A segment the uploader is sending right now is left to it."""
+        for segment in self.ready_segments():
+            with self.claim(segment) as fh:
+                if fh is None:
+                    continue
+                size = os.fstat(fh.fileno()).st_size
+                self.remove(segment)
+            log.warning(
+                "disk full: dropped oldest unsent segment %s (%.1f MB) to keep recording",
+                segment.name,
+                size / 1e6,
+            )
+            return segment
+        return None
 
     def queue_summary(self) -> tuple[int, int, str | None]:
         """(segments queued, bytes queued, start time of the oldest) for status reports."""

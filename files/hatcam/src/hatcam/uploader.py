@@ -27,6 +27,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 
 from .blobstore import container_client, describe
+from .config import sas_permissions
 from .naming import SegmentName, iso
 from .spool import Spool
 from .status import StateFile
@@ -37,14 +38,20 @@ POLL_SECONDS = 0.2  # how often an idle uploader looks for a new segment
 BLOB_METADATA = ("device", "start", "end", "frames", "clock_synced")
 
 
+def error_code(exc: Exception) -> str:
+    """The service's error code as plain text (the SDK gives an enum or a string)."""
+    code = getattr(exc, "error_code", None) or ""
+    return str(getattr(code, "value", code))
+
+
 def explain(exc: Exception) -> str:
     """One line saying what went wrong and what to do, with no secret in it."""
-    code = getattr(exc, "error_code", None) or ""
+    code = error_code(exc)
     status = getattr(exc, "status_code", None)
-    if status == 403 and "PermissionMismatch" in str(code):
+    if status == 403 and code == "AuthorizationPermissionMismatch":
         return (
             "upload refused (403 AuthorizationPermissionMismatch): the device's SAS lacks "
-            "create/write permission; provision a SAS with sp=cw"
+            "create permission; provision a SAS with sp=c"
         )
     if status == 403 or isinstance(exc, ClientAuthenticationError):
         return (
@@ -73,6 +80,9 @@ class Uploader:
         self.last_upload: str | None = None
         self.last_error: str | None = None
         self.container_checked = False
+        self.create_only = bool(settings.blob_sas_url) and "w" not in sas_permissions(
+            settings.blob_sas_url
+        )
 
     def run(self) -> None:
         log.info("uploading from %s to %s", self.spool.ready, self.where)
@@ -94,12 +104,14 @@ class Uploader:
             self._write_state()
 
     def upload(self, segment: Path) -> bool:
-        """Upload one segment and delete it locally; False if it vanished meanwhile."""
-        try:
-            meta = self.spool.read_metadata(segment)
-            data = segment.read_bytes()
-        except FileNotFoundError:  # dropped by the disk policy while queued
-            return False
+        """Upload one segment and delete it locally; False if the disk policy dropped it."""
+        with self.spool.claim(segment) as fh:
+            if fh is None:
+                return False
+            return self._upload(segment, fh.read())
+
+    def _upload(self, segment: Path, data: bytes) -> bool:
+        meta = self.spool.read_metadata(segment)
         blob = SegmentName.parse(segment.name).blob_name(meta["device"])
         # The MD5 taken while recording: the service refuses a body that differs from
         # what the camera wrote, whether it changed on the card or on the way.
@@ -143,18 +155,27 @@ class Uploader:
             )
         except ResourceExistsError:
             # An earlier attempt landed but its reply was lost: the cloud has it.
-            self.already_there += 1
-            log.info("%s was already in the blob store (earlier attempt landed)", blob)
+            self._already_there(blob)
         except ResourceNotFoundError as exc:
             if self.settings.blob_sas_url or self.container_checked:
                 raise
             self._create_container(exc)
             self._put(blob, data, md5, metadata)
+        except HttpResponseError as exc:
+            # A create-only SAS (sp=c, checked at start) may add a blob but not replace
+            # one: refused for permission means this name is already in the store.
+            if not (self.create_only and error_code(exc) == "AuthorizationPermissionMismatch"):
+                raise
+            self._already_there(blob)
+
+    def _already_there(self, blob: str) -> None:
+        self.already_there += 1
+        log.info("%s was already in the blob store (an earlier attempt landed)", blob)
 
     def _create_container(self, exc) -> None:
         """With a connection string the uploader may create its container, once."""
         self.container_checked = True
-        if getattr(exc, "error_code", None) != "ContainerNotFound":
+        if error_code(exc) != "ContainerNotFound":
             raise exc
         try:
             self.client.create_container()

@@ -115,13 +115,14 @@ class SyntheticCamera:
     def capture_still(self) -> Still:
         with self._lock:
             picture = self._latest if self._latest is not None else self._picture(0)
-        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+        # The same planes, labelled full range as JPEG wants (no pixel format conversion).
+        frame = av.VideoFrame.from_ndarray(picture, format="yuvj420p")
         enc = av.CodecContext.create("mjpeg", "w")
         enc.width, enc.height = self.width, self.height
         enc.pix_fmt = "yuvj420p"
         enc.time_base = Fraction(1, self.fps)
         buf = io.BytesIO()
-        for packet in enc.encode(frame.reformat(format="yuvj420p")):
+        for packet in enc.encode(frame):
             buf.write(bytes(packet))
         for packet in enc.encode(None):
             buf.write(bytes(packet))
