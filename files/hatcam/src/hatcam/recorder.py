@@ -16,7 +16,7 @@ STATE_EVERY = 2.0  # seconds between state file updates
 
 
 class Recorder:
-    def __init__(self, settings, camera=None):
+    def __init__(self, settings):
         self.settings = settings
         self.spool = Spool(settings.spool_dir)
         self.stop_event = threading.Event()
@@ -34,12 +34,12 @@ class Recorder:
             settings.segment_seconds,
             room=self.guard.room,
         )
-        self.camera = camera
+        self.camera = None
         self.stills = None
 
     def run(self) -> int:
         s = self.settings
-        self.camera = self.camera or open_camera(s)
+        self.camera = open_camera(s)
         self.spool.ensure()
         recover(self.spool, s.device, s.fps)  # what a crash or power cut left behind
         if s.stills:

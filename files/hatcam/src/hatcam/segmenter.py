@@ -172,7 +172,6 @@ class Segmenter:
         fps: int,
         segment_seconds: float,
         room: Callable[[], bool] = lambda: True,
-        on_closed: Callable[[Path, dict], None] = lambda path, meta: None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.spool = spool
@@ -180,7 +179,6 @@ class Segmenter:
         self.width, self.height, self.fps = width, height, fps
         self.segment_us = int(segment_seconds * 1_000_000)
         self.room = room
-        self.on_closed = on_closed
         self.wall_clock = wall_clock  # names segments; tests pass their own
         self.boot = boot_id()
         self.lock = threading.Lock()
@@ -307,7 +305,6 @@ class Segmenter:
         log.info(
             "segment ready: %s (%d frames, %.2f s)", path.name, meta["frames"], segment.duration()
         )
-        self.on_closed(path, meta)
 
     def close(self) -> None:
         """Close the open segment properly (on SIGTERM or when the camera stops)."""
