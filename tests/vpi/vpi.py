@@ -28,9 +28,10 @@ architecture, ``arm64`` or ``armhf`` as on a Raspberry Pi, under qemu-user-stati
 through binfmt_misc: the host's qemu-user-static and binfmt-support are installed
 when missing and the qemu entry is (re-)registered with the F flag (the interpreter
 works inside the container without being copied in) and the C flag (sudo, setuid).
-Such a root filesystem gets drop-ins for what qemu-user cannot emulate (see
-``QEMU_DROPINS``), is cached in its own tarball, boots about 6x slower, and is
-stopped with SIGRTMIN+6, which qemu hands the guest's systemd as a poweroff.
+Such a guest gets drop-ins for what qemu-user cannot emulate (``QEMU_DROPINS``)
+and the host's build of NetworkManager (qemu-user has no NETLINK_GENERIC, which
+NetworkManager needs). Its root filesystem is cached in its own tarball; it boots
+about 6x slower and is stopped with SIGRTMIN+6, which qemu hands the guest's systemd as a poweroff.
 
 Only the standard library is used; run it as root. Everything lives under
 ``.cache/vpi`` of the repository (override with ``VPI_CACHE``).
@@ -229,18 +230,24 @@ def ensure_binfmt(arch: str) -> None:
         sys.exit(f"vpi: could not register {entry} with flags F and C:\n{text}")
 
 
-# Units that fail under qemu-user, only in a foreign-architecture test root filesystem
-# (the real units are never changed): LoadCredential= (systemd cannot set up the
-# credentials mount for an emulated process) and PrivateNetwork=yes.
+# What qemu-user cannot emulate, switched off by drop-ins in a foreign-architecture
+# guest only (written at `up`; the real units are never changed): LoadCredential=
+# (the credentials mount), PrivateNetwork=yes, and PrivateUsers=yes (qemu-user cannot
+# set up a user namespace: "Failed to set up user namespacing: Invalid argument").
+# Units the playbook installs later are listed too; a drop-in for an absent unit is
+# harmless. SystemCallFilter= and MemoryDenyWriteExecute= work as they are.
 QEMU_DROPINS = {
-    "systemd-sysctl.service": "[Service]\nLoadCredential=\n",
-    "systemd-sysusers.service": "[Service]\nLoadCredential=\n",
-    "systemd-tmpfiles-setup.service": "[Service]\nLoadCredential=\n",
-    "systemd-tmpfiles-setup-dev.service": "[Service]\nLoadCredential=\n",
-    "systemd-hostnamed.service": "[Service]\nPrivateNetwork=no\n",
-    "systemd-localed.service": "[Service]\nPrivateNetwork=no\n",
-    "systemd-timedated.service": "[Service]\nPrivateNetwork=no\n",
-    "systemd-logind.service": "[Service]\nPrivateNetwork=no\n",
+    "systemd-sysctl.service": "LoadCredential=",
+    "systemd-sysusers.service": "LoadCredential=",
+    "systemd-tmpfiles-setup.service": "LoadCredential=",
+    "systemd-tmpfiles-setup-dev.service": "LoadCredential=",
+    "systemd-hostnamed.service": "PrivateNetwork=no",
+    "systemd-localed.service": "PrivateNetwork=no",
+    "systemd-timedated.service": "PrivateNetwork=no",
+    "systemd-logind.service": "PrivateNetwork=no",
+    "redis-server.service": "PrivateUsers=no",
+    "hatcam-camera.service": "PrivateUsers=no",
+    "hatcam-upload.service": "PrivateUsers=no",
 }
 
 
@@ -329,17 +336,16 @@ def install_native_nm(merged: Path) -> None:
     )
 
 
-def qemu_dropins_script() -> str:
-    out = []
-    for unit, body in QEMU_DROPINS.items():
-        d = f'"$R/etc/systemd/system/{unit}.d"'
-        out.append(f"mkdir -p {d}\nprintf '{body}' > {d}/vpi-qemu-user.conf")
-    return "\n".join(out) + "\n"
+def install_qemu_dropins(merged: Path) -> None:
+    for unit, line in QEMU_DROPINS.items():
+        d = merged / "etc/systemd/system" / f"{unit}.d"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "vpi-qemu-user.conf").write_text(
+            "# vpi: not possible under qemu-user (test guest only)\n[Service]\n" + line + "\n")
 
 
-def customize_script(arch: str | None = None) -> str:
+def customize_script() -> str:
     """Shell run by mmdebstrap on the finished tree ($1 is its root)."""
-    extra = qemu_dropins_script() if arch and foreign(arch) else ""
     return f"""set -eu
 R="$1"
 chroot "$R" useradd -m -s /bin/bash -G sudo,video,adm,dialout,plugdev pi
@@ -369,7 +375,7 @@ chroot "$R" systemctl enable ssh NetworkManager systemd-timesyncd >/dev/null 2>&
 # Nothing to do in a container.
 chroot "$R" systemctl mask systemd-udev-settle.service >/dev/null 2>&1 || true
 echo 'vpi' > "$R/etc/vpi-guest"
-""" + extra
+"""
 
 
 def build_key(arch: str) -> str:
@@ -377,7 +383,7 @@ def build_key(arch: str) -> str:
     h.update(json.dumps([SUITE, MIRROR, SECURITY, PACKAGES]).encode())
     if foreign(arch):  # the host's architecture keeps the key it always had
         h.update(arch.encode())
-    h.update(customize_script(arch).encode())
+    h.update(customize_script().encode())
     for ca in extra_cas():
         h.update(ca.read_bytes())
     return h.hexdigest()[:12]
@@ -408,10 +414,11 @@ def cmd_build(args) -> Path:
     sources = [
         f"deb {MIRROR} {SUITE} main",
         f"deb {MIRROR} {SUITE}-updates main",
-        f"deb {SECURITY} {SUITE}-security main",
     ]
+    if SECURITY:  # VPI_SECURITY_MIRROR= (empty) leaves the security suite out
+        sources.append(f"deb {SECURITY} {SUITE}-security main")
     script = CACHE / f"customize-{arch}.sh" if foreign(arch) else CACHE / "customize.sh"
-    script.write_text(customize_script(arch))
+    script.write_text(customize_script())
     run(
         [
             "mmdebstrap",
@@ -710,6 +717,7 @@ def cmd_up(args) -> int:
         save_state(name, state)
         prepare_guest(state, merged, rdir)
         if state["foreign"]:
+            install_qemu_dropins(merged)
             install_native_nm(merged)
         setup_network(state)
         save_state(name, state)
