@@ -744,13 +744,23 @@ def cmd_up(args) -> int:
     return 0
 
 
-def cleanup(name: str, timeout: float = 60) -> None:
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def cleanup(name: str, timeout: float | None = None) -> None:
     """Stop the guest and undo everything `up` did; safe to call repeatedly."""
     rdir = run_dir(name)
     if not rdir.exists():
         return
     (rdir / "stop").touch()
     state = load_state(name)
+    timeout = timeout or (180 if state.get("foreign") else 60)  # emulated: slow shutdown
     state.setdefault("name", name)
     sup = state.get("supervisor_pid")
     nspawn = state.get("nspawn_pid")
@@ -761,6 +771,14 @@ def cleanup(name: str, timeout: float = 60) -> None:
     while (alive(sup) or alive(nspawn)) and time.monotonic() < deadline:
         time.sleep(0.2)
         nspawn = load_state(name).get("nspawn_pid") or nspawn
+    if alive(nspawn):
+        # The guest did not power off in time. Its init (nspawn's child) goes first:
+        # killing the init of a PID namespace kills everything in it, whereas killing
+        # only nspawn would leave the guest's processes running, orphaned.
+        for child in children(nspawn):
+            log(f"killing the guest's init, PID {child}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
     for pid in (nspawn, sup):
         if alive(pid):
             log(f"killing PID {pid}")
