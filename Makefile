@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 VPI_APT_PACKAGES := mmdebstrap systemd-container nftables iproute2 openssh-client
 
-.PHONY: help setup test lint test-molecule demo demo-clean bench provision fetch clean
+.PHONY: help setup test lint test-molecule test-arm demo demo-clean bench provision fetch clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ test: setup lint ## the whole suite: pytest against real Azurite and redis-serve
 test-molecule: setup ## the real playbook on a booted virtual Pi (needs root: mounts, nftables)
 	tests/host-deps.sh $(VPI_APT_PACKAGES)
 	cd tests && $(SUDO) env PATH="$(PATH)" molecule test
+
+test-arm: setup ## the real playbook on an arm64 virtual Pi under qemu-user (about 30 min; needs root)
+	tests/host-deps.sh $(VPI_APT_PACKAGES) qemu-user-static binfmt-support
+	cd tests && $(SUDO) env PATH="$(PATH)" molecule test -s arm64
 
 DEMO_SECONDS ?= 60
 
