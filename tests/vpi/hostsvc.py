@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services import ACCOUNT, ACCOUNT_KEY, AZURITE_BIN, free_port  # noqa: E402
+from vpi import alive  # noqa: E402  (its neighbour: a live, non-zombie process)
 
 CONTAINER = "videos"
 
@@ -63,32 +64,18 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None) -> int:
     return proc.pid
 
 
-def running(pid: int | None) -> bool:
-    """The process exists and is not a zombie (a stopped service nobody reaped yet)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
-            return False
-    return True
-
-
 def terminate(pid: int | None, timeout: float = 5) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps it if it is our child."""
-    if not running(pid):
+    if not alive(pid):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while running(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.1)
-    if running(pid):
+    if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
@@ -222,7 +209,7 @@ def cmd_start_one(args) -> int:
     path = Path(args.state)
     state = load(args.state)
     pid_key, port_key, what = SERVICES[args.service]
-    if running(state.get(pid_key)):
+    if alive(state.get(pid_key)):
         sys.exit(f"hostsvc: {what} is already running (PID {state[pid_key]})")
     work = path.parent / "hostsvc"
     (start_azurite if args.service == "azurite" else start_redis)(state, work)
