@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -78,3 +79,13 @@ def start_hatcam(*args, settings: dict, log: Path) -> subprocess.Popen:
 
 def metadata(segment: Path) -> dict:
     return json.loads(segment.with_suffix(".json").read_text())
+
+
+def wait_until(predicate, timeout, what, poll=0.1):
+    """Poll until ``predicate()`` is true; fail the test naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

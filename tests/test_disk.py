@@ -13,7 +13,7 @@ import pytest
 
 from hatcam.spool import Spool
 
-from footage import start_hatcam
+from footage import start_hatcam, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 
@@ -46,15 +46,6 @@ def camera_state(spool_dir):
         return json.loads((spool_dir / "state" / "camera.json").read_text())["state"]
     except (OSError, ValueError, KeyError):
         return None
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_pause_stops_at_the_floor_and_resumes_when_uploads_free_space(small_card, tmp_path):

@@ -17,17 +17,8 @@ from hatcam.naming import SegmentName
 from hatcam.spool import Spool
 from hatcam.uploader import Uploader
 
-from footage import record, start_hatcam
+from footage import record, start_hatcam, wait_until
 from services import Azurite
-
-
-def wait_until(predicate, timeout, what, poll=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
