@@ -22,7 +22,7 @@ import av
 import pytest
 from azure.storage.blob import ContentSettings
 
-from hatcam import cli, config
+from hatcam import cli, config, listing, stitch
 from hatcam.camera.synthetic import SyntheticCamera
 from hatcam.segmenter import Segmenter
 from hatcam.spool import Spool
@@ -311,6 +311,46 @@ def test_a_blob_not_matching_its_md5_is_reported_and_left_out(azurite, container
     )  # ... and it says so
     # --delete-after deleted the good blobs only: the bad one stays for a look.
     assert [b.name for b in client.list_blobs()] == [bad]
+
+
+def test_the_blobs_metadata_describes_each_file_exactly(azurite, container, tmp_path, capsys):
+    """fetch plans the MP4 from the metadata before the files arrive: it must be true."""
+    name, client = container
+    names = upload(azurite, name, record(tmp_path / "s", "dev1", T0, 3 * 60))
+    env, out = conn_env(tmp_path, azurite, name), tmp_path / "footage"
+    assert fetch(capsys, env, out)[0] == 0
+    remotes = {
+        r.name: r
+        for r in listing.select(client, ["dev1"], None, T0 + timedelta(days=1), None)["dev1"]
+    }
+    for blob in names:
+        recorded = {k: v for k, v in remotes[blob].info.items() if k != "from_metadata"}
+        assert recorded == stitch.inspect(out / ".cache" / blob, legacy=False)
+
+
+@pytest.mark.parametrize("with_older_blob", [False, True])
+def test_metadata_that_does_not_match_the_file_is_not_trusted(
+    azurite, container, tmp_path, capsys, with_older_blob
+):
+    name, client = container
+    names = upload(azurite, name, record(tmp_path / "s", "dev1", T0, 4 * 60))
+    # A device bug: segment 2 claims 50 frames (found out while stitching) ...
+    lying = client.get_blob_client(names[1])
+    lying.set_blob_metadata({**lying.get_blob_properties().metadata, "frames": "50"})
+    if with_older_blob:  # ... or segment 3 predates the pts metadata (stitched after download)
+        older = client.get_blob_client(names[2])
+        meta = older.get_blob_properties().metadata
+        older.set_blob_metadata({k: v for k, v in meta.items() if k != "first_pts"})
+    env, out = conn_env(tmp_path, azurite, name), tmp_path / "footage"
+
+    status, report, _ = fetch(capsys, env, out, "--device", "dev1")
+
+    assert status == 0, report
+    [mp4] = mp4s(out)
+    frames, duration, times = decode(mp4)
+    assert frames == 240  # what the files hold, not what the metadata said
+    assert times == pytest.approx([i / FPS for i in range(frames)], abs=1e-4)
+    assert "240 frames, 4 segment(s)" in report and "gap" not in report
 
 
 def legacy_blobs(client, tmp_path: Path, names_frames: list[tuple[str, int]]) -> dict:

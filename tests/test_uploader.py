@@ -71,7 +71,8 @@ def assert_landed_exactly_once(client, expected):
         assert blob.content_settings.content_md5 == md5
         assert blob.metadata["device"] == meta["device"]
         assert blob.metadata["start"] == meta["start"]
-        assert blob.metadata["frames"] == str(meta["frames"])
+        for key in ("frames", "first_pts", "last_pts", "width", "height"):
+            assert blob.metadata[key] == str(meta[key]), key  # fetch plans from these
         assert blob.metadata["clock_synced"] in ("true", "false")
 
 

@@ -60,8 +60,14 @@ def pi(tmp_path_factory):
         )
     attach = os.environ.get("HATCAM_FAULTS_ATTACH")
     if attach:
-        machine = ProvisionedPi(NAME, SUBNET, Path(attach), SETTINGS, log=lambda text: None,
-                                hostsvc_args=["--account", ACCOUNT])
+        machine = ProvisionedPi(
+            NAME,
+            SUBNET,
+            Path(attach),
+            SETTINGS,
+            log=lambda text: None,
+            hostsvc_args=["--account", ACCOUNT],
+        )
         machine.vm = json.loads(run([*VPI, "status", NAME], capture_output=True).stdout)
         machine.svc = json.loads(machine.svc_state.read_text())
         yield machine

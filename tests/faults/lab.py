@@ -103,10 +103,27 @@ class Lab:
         """Run a shell script as root in the guest; its stdout. Through nsenter into the
         guest's namespaces, not ssh, so it works while the guest's link is cut."""
         result = subprocess.run(
-            ["nsenter", f"--target={self.guest_init()}", "--mount", "--uts", "--ipc", "--net",
-             "--pid", "--", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-             "LANG=C.UTF-8", "bash", "-c", script],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            [
+                "nsenter",
+                f"--target={self.guest_init()}",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--pid",
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG=C.UTF-8",
+                "bash",
+                "-c",
+                script,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(

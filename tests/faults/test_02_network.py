@@ -28,9 +28,7 @@ def test_network_cut(pi, lab):
     restored = time.time()
     lab.wait_drained()
     window.close()
-    figures = window.account(
-        outage_s=round(restored - cut, 1), queued_at_end_of_outage=queued
-    )
+    figures = window.account(outage_s=round(restored - cut, 1), queued_at_end_of_outage=queued)
     window.assert_complete(figures)
     assert not figures.gaps, f"holes in the video (seq a, seq b, frames): {figures.gaps}"
     assert queued >= OUTAGE // 4 - 2, f"only {queued} segments queued during the outage"
@@ -40,5 +38,4 @@ def test_network_cut(pi, lab):
     late = [s for s in recorded_during if s.created.timestamp() >= restoring]
     assert len(recorded_during) >= OUTAGE // 4 - 1
     assert late == recorded_during, "segments recorded during the outage arrived during it?"
-    lab.note("network cut", recorded_during_outage=len(recorded_during),
-             arrived_after_it=len(late))
+    lab.note("network cut", recorded_during_outage=len(recorded_during), arrived_after_it=len(late))

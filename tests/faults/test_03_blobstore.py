@@ -36,5 +36,4 @@ def test_blob_store_down_and_back(pi, lab):
     recorded_during = [s for s in window.segments if down <= s.start.timestamp() < up]
     assert len(recorded_during) >= OUTAGE // 4 - 1
     assert all(s.created.timestamp() >= restarting for s in recorded_during)
-    lab.note("blob store down", recorded_during_outage=len(recorded_during),
-             uploader_said=failing)
+    lab.note("blob store down", recorded_during_outage=len(recorded_during), uploader_said=failing)

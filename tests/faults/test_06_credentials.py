@@ -77,14 +77,19 @@ def test_expired_sas_keeps_the_queue_and_a_good_one_drains_it(pi, lab, tmp_path)
     # from the restarted daemon's start-up lines (systemd's, "uploading from ...", and
     # "Warning: using insecure memory!", which a library the uploader loads prints while
     # it starts, before its first attempt).
-    started = max((t for t, m in lines if m.startswith("hatcam.uploader: uploading from ")),
-                  default=0.0)
+    started = max(
+        (t for t, m in lines if m.startswith("hatcam.uploader: uploading from ")), default=0.0
+    )
     backoffs = [(t, BACKOFF_RE.match(m)) for t, m in lines if "upload refused" in m]
-    others = [m for t, m in lines if "upload refused" not in m
-              and not m.startswith("hatcam.uploader: uploading from ")
-              and not m.startswith(("Started ", "Stopping ", "Stopped ", "Starting "))
-              and "Deactivated successfully" not in m
-              and not (m == "Warning: using insecure memory!" and t <= started)]
+    others = [
+        m
+        for t, m in lines
+        if "upload refused" not in m
+        and not m.startswith("hatcam.uploader: uploading from ")
+        and not m.startswith(("Started ", "Stopping ", "Stopped ", "Starting "))
+        and "Deactivated successfully" not in m
+        and not (m == "Warning: using insecure memory!" and t <= started)
+    ]
     assert len(backoffs) >= 3, lines
     assert all(match for _, match in backoffs), [m for _, m in lines]
     assert not others, f"other uploader lines during the back-off: {others}"
@@ -94,5 +99,6 @@ def test_expired_sas_keeps_the_queue_and_a_good_one_drains_it(pi, lab, tmp_path)
     assert counts == sorted(counts) and counts[-1] >= 3, f"queue not kept: {counts}"
     assert uploader.get("failing") and "expired" in uploader.get("last_error", ""), uploader
     assert all(signature not in m and "sig=" not in m for _, m in lines)
-    lab.note("expired SAS", backoff_lines=len(backoffs),
-             example=backoffs[-1][1][0] if backoffs else "")
+    lab.note(
+        "expired SAS", backoff_lines=len(backoffs), example=backoffs[-1][1][0] if backoffs else ""
+    )

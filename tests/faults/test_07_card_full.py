@@ -47,8 +47,12 @@ def small_card(pi, lab):
             umount {SPOOL}
             echo "$seq" > {SPOOL}/state/seq"""
         )
-        pi.provision(**{k: SETTINGS[k] for k in ("hatcam_min_free_mb", "hatcam_bitrate",
-                                                 "hatcam_disk_policy")})
+        pi.provision(
+            **{
+                k: SETTINGS[k]
+                for k in ("hatcam_min_free_mb", "hatcam_bitrate", "hatcam_disk_policy")
+            }
+        )
         assert lab.active("hatcam-camera") and lab.active("hatcam-upload")
 
 
@@ -66,8 +70,11 @@ def fill(pi, lab, policy: str):
 def test_pause_pauses_and_resumes_by_itself(pi, lab, small_card):
     window, pids = fill(pi, lab, "pause")
     try:
-        lab.wait(lambda: lab.state("camera").get("state", "").startswith("paused"), 90,
-                 "the camera to pause at the disk floor")
+        lab.wait(
+            lambda: lab.state("camera").get("state", "").startswith("paused"),
+            90,
+            "the camera to pause at the disk floor",
+        )
         time.sleep(6)
         paused = lab.state("camera")
         assert paused["state"].startswith("paused"), paused
@@ -75,8 +82,11 @@ def test_pause_pauses_and_resumes_by_itself(pi, lab, small_card):
     finally:
         pi.restore_network()
     back = time.time()
-    lab.wait(lambda: lab.state("camera").get("state") == "recording", 120,
-             "the camera to resume by itself")
+    lab.wait(
+        lambda: lab.state("camera").get("state") == "recording",
+        120,
+        "the camera to resume by itself",
+    )
     resumed_after = time.time() - back
     at_resume = lab.seq()
     lab.wait(lambda: lab.seq() >= at_resume + 1, 60, "a segment after the resume")
@@ -94,7 +104,10 @@ def test_pause_pauses_and_resumes_by_itself(pi, lab, small_card):
     # The pause is one hole in the video, exactly the frames the camera did not record.
     hole = sum(frames for _, _, frames in figures.gaps)
     assert figures.gaps and hole == final["frames_dropped"] >= not_recorded[0] > 0, (
-        figures.gaps, final, not_recorded)
+        figures.gaps,
+        final,
+        not_recorded,
+    )
     assert free_paused < FLOOR_MB + 0.6
     assert lab.nrestarts() == {"hatcam-camera": 0, "hatcam-upload": 0}
     lab.note("card full: pause", hole_s=round(hole / lab.fps, 1))
@@ -105,8 +118,13 @@ def test_drop_oldest_drops_the_oldest_unsent_each_logged(pi, lab, small_card):
     cut = time.time()
     try:
         lab.wait(
-            lambda: sum("dropped oldest unsent segment" in m
-                        for _, m in lab.journal(cut, units=("hatcam-camera",))) >= 3,
+            lambda: (
+                sum(
+                    "dropped oldest unsent segment" in m
+                    for _, m in lab.journal(cut, units=("hatcam-camera",))
+                )
+                >= 3
+            ),
             120,
             "three segments dropped at the floor",
         )
@@ -124,12 +142,15 @@ def test_drop_oldest_drops_the_oldest_unsent_each_logged(pi, lab, small_card):
     landed = {s.seq for s in window.segments}
     landed_anyway = sorted(set(dropped) & landed)  # its upload was in flight when dropped
     assert sorted(figures.lost_seqs) == sorted(set(dropped) - landed), (
-        f"lost {figures.lost_seqs}, dropped {dropped}")
+        f"lost {figures.lost_seqs}, dropped {dropped}"
+    )
     assert figures.duplicated == 0 and not figures.bad_md5 and not figures.decode_mismatch
     # The oldest unsent went first: those not uploaded before the cut, from the front.
-    unsent = sorted(q for q in range(window.seq0 + 1, window.seq1 + 1)
-                    if not any(s.seq == q and s.created.timestamp() < cut
-                               for s in window.segments))
+    unsent = sorted(
+        q
+        for q in range(window.seq0 + 1, window.seq1 + 1)
+        if not any(s.seq == q and s.created.timestamp() < cut for s in window.segments)
+    )
     # The uploader holds the segment it is sending (the oldest, its request hanging on the
     # cut link); the disk policy leaves that one to it and drops the next oldest.
     n = len(dropped)
@@ -139,5 +160,6 @@ def test_drop_oldest_drops_the_oldest_unsent_each_logged(pi, lab, small_card):
         assert set(range(a + 1, b)) <= set(dropped), (a, b, dropped)
     assert not any("disk floor reached" in m for m in lines), "drop-oldest paused"
     assert lab.nrestarts() == {"hatcam-camera": 0, "hatcam-upload": 0}
-    lab.note("card full: drop-oldest", dropped_logged=len(dropped),
-             dropped_but_landed=len(landed_anyway))
+    lab.note(
+        "card full: drop-oldest", dropped_logged=len(dropped), dropped_but_landed=len(landed_anyway)
+    )

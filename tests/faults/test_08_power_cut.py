@@ -24,6 +24,7 @@ def test_power_cut_mid_segment(pi, lab):
     pi.cut_network()  # so segments are queued on the card when the power goes
     try:
         lab.wait(lambda: lab.queued() >= 2, 60, "two segments queued on the card")
+
         # Mid-segment: about half way through the open one.
         def half_way():
             name = lab.sh("ls /var/lib/hatcam/spool/recording").strip()
@@ -48,8 +49,11 @@ def test_power_cut_mid_segment(pi, lab):
     window.assert_complete(figures, torn=frozenset({open_segment}))
     landed = {s.filename: s for s in window.segments}
     assert set(queued) <= set(landed), f"queued before the cut, lost: {set(queued) - set(landed)}"
-    recovered = [m for _, m in lab.journal(window.t0, units=("hatcam-camera",))
-                 if "after an unclean stop" in m]
+    recovered = [
+        m
+        for _, m in lab.journal(window.t0, units=("hatcam-camera",))
+        if "after an unclean stop" in m
+    ]
     assert len(recovered) == 1 and open_segment in recovered[0], recovered
     cut = landed[open_segment]
     assert cut.decoded >= 1 and cut.clock_synced == "false"

@@ -19,17 +19,29 @@ PLAYBOOK = [
     ("hatcam_resolution", "1281x720", 'hatcam_resolution "1281x720" even sides'),
     ("hatcam_fps", 0, "hatcam_fps 1-120"),
     ("hatcam_segment_seconds", 900, "hatcam_segment_seconds 1-600"),
-    ("hatcam_disk_policy", "panic",
-     "value of hatcam_disk_policy must be one of: pause, drop-oldest, got: panic"),
-    ("hatcam_camera", "webcam",
-     "value of hatcam_camera must be one of: picamera2, synthetic, got: webcam"),
-    ("hatcam_device_name", "Hat Cam",
-     'pi_base_hostname must be a hostname (lowercase letters, digits, inner hyphens; got '
-     '"Hat Cam": set hatcam_device_name'),
+    (
+        "hatcam_disk_policy",
+        "panic",
+        "value of hatcam_disk_policy must be one of: pause, drop-oldest, got: panic",
+    ),
+    (
+        "hatcam_camera",
+        "webcam",
+        "value of hatcam_camera must be one of: picamera2, synthetic, got: webcam",
+    ),
+    (
+        "hatcam_device_name",
+        "Hat Cam",
+        "pi_base_hostname must be a hostname (lowercase letters, digits, inner hyphens; got "
+        '"Hat Cam": set hatcam_device_name',
+    ),
     ("hatcam_blob_container", "My_Videos", 'hatcam_blob_container "My_Videos" an Azure container'),
-    ("hatcam_blob_sas_url", "https://acct.blob.core.windows.net/videos?sv=1&sp=cw&sig=x",
-     "give exactly one of hatcam_blob_sas_url, hatcam_blob_connection_string or "
-     "hatcam_blob_mint_sas (given: 2)"),
+    (
+        "hatcam_blob_sas_url",
+        "https://acct.blob.core.windows.net/videos?sv=1&sp=cw&sig=x",
+        "give exactly one of hatcam_blob_sas_url, hatcam_blob_connection_string or "
+        "hatcam_blob_mint_sas (given: 2)",
+    ),
     ("hatcam_redis_url", "", "hatcam_stills is on but there is no REDIS_URL"),
     ("hatcam_image_expiry", 0, "hatcam_image_expiry 1-31536000"),
     ("hatcam_env_extra", {"bad-name": "1"}, "hatcam_env_extra names like HATCAM_X"),
@@ -41,11 +53,19 @@ PLAYBOOK = [
 DAEMON = [
     ("camera", "HATCAM_FPS", "0", "hatcam: HATCAM_FPS: must be from 1 to 120 frames per second"),
     ("camera", "HATCAM_RESOLUTION", "1280*720", "hatcam: HATCAM_RESOLUTION: must be WIDTHxHEIGHT"),
-    ("camera", "HATCAM_DISK_POLICY", "panic",
-     "hatcam: HATCAM_DISK_POLICY: must be one of pause, drop-oldest, got 'panic'"),
+    (
+        "camera",
+        "HATCAM_DISK_POLICY",
+        "panic",
+        "hatcam: HATCAM_DISK_POLICY: must be one of pause, drop-oldest, got 'panic'",
+    ),
     ("camera", "REDIS_URL", "http://x:6379", "hatcam: REDIS_URL: must look like redis://"),
-    ("upload", "HATCAM_BLOB_SAS_URL", "http://h/videos?sp=r&sig=x",
-     "hatcam: HATCAM_BLOB_SAS_URL: the SAS grants sp=r but this command needs c"),
+    (
+        "upload",
+        "HATCAM_BLOB_SAS_URL",
+        "http://h/videos?sp=r&sig=x",
+        "hatcam: HATCAM_BLOB_SAS_URL: the SAS grants sp=r but this command needs c",
+    ),
     ("upload", "HATCAM_RETRY_MAX_SECONDS", "0", "hatcam: HATCAM_RETRY_MAX_SECONDS: must be from"),
 ]
 
@@ -67,17 +87,20 @@ def before(lab):
     lab.systemctl("stop", "hatcam-camera")
 
 
-@pytest.mark.parametrize(("variable", "value", "message"), PLAYBOOK,
-                         ids=[row[0] for row in PLAYBOOK])
-def test_playbook_refuses_a_bad_variable_before_any_change(pi, lab, before, tmp_path,
-                                                           variable, value, message):
+@pytest.mark.parametrize(
+    ("variable", "value", "message"), PLAYBOOK, ids=[row[0] for row in PLAYBOOK]
+)
+def test_playbook_refuses_a_bad_variable_before_any_change(
+    pi, lab, before, tmp_path, variable, value, message
+):
     result = pi.playbook({**pi.playbook_vars(), variable: value}, tmp_path / "bad.json")
     out = result.stdout + result.stderr
-    recap = re.search(rf"^{pi.name}\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)",
-                      out, re.M)
+    recap = re.search(
+        rf"^{pi.name}\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", out, re.M
+    )
     assert result.returncode != 0 and recap, out[-3000:]
     assert recap[1] == "0" and recap[2] == "1", recap[0]
-    fatal = out[out.index("fatal: ["):]
+    fatal = out[out.index("fatal: [") :]
     text = " ".join(fatal.split())
     assert " ".join(message.split()) in text, fatal[:3000]
     for secret in (pi.svc["account_key"], pi.svc["redis_password"]):
@@ -86,13 +109,14 @@ def test_playbook_refuses_a_bad_variable_before_any_change(pi, lab, before, tmp_
     lab.note("bad inputs (playbook)", **{variable: "refused, changed=0"})
 
 
-@pytest.mark.parametrize(("command", "setting", "value", "line"), DAEMON,
-                         ids=[row[1] for row in DAEMON])
+@pytest.mark.parametrize(
+    ("command", "setting", "value", "line"), DAEMON, ids=[row[1] for row in DAEMON]
+)
 def test_daemon_refuses_a_bad_setting_with_one_line(lab, before, command, setting, value, line):
     out = lab.sh(
         f"cd / && setpriv --reuid=hatcam --regid=hatcam --init-groups env "
         f"{setting}={shlex.quote(value)} /opt/hatcam/venv/bin/hatcam --env-file {ENV_FILE} "
-        f"{command} 2>&1; echo \"status=$?\"",
+        f'{command} 2>&1; echo "status=$?"',
         timeout=60,
     )
     lines = out.strip().splitlines()

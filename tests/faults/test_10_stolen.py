@@ -58,14 +58,18 @@ def test_device_credential_cannot_list_read_replace_or_delete(pi, lab):
     owner = pi.container()
     owner.upload_blob("zz-faults-probe/original.bin", b"original", overwrite=True)
     try:
-        overwrite = refused(lambda: thief.upload_blob("zz-faults-probe/original.bin",
-                                                      b"replaced", overwrite=True))
+        overwrite = refused(
+            lambda: thief.upload_blob("zz-faults-probe/original.bin", b"replaced", overwrite=True)
+        )
         kept = owner.download_blob("zz-faults-probe/original.bin").readall() == b"original"
     finally:
         owner.delete_blob("zz-faults-probe/original.bin")
     assert overwrite == 403 and kept, "the device credential replaced a blob"
-    lab.note("stolen device", **{f"{k} with the device SAS": v for k, v in results.items()},
-             overwrite_known_blob=f"status {overwrite or 201}, original kept: {kept}")
+    lab.note(
+        "stolen device",
+        **{f"{k} with the device SAS": v for k, v in results.items()},
+        overwrite_known_blob=f"status {overwrite or 201}, original kept: {kept}",
+    )
 
 
 def test_account_key_is_nowhere_on_the_card(pi, lab):
@@ -73,8 +77,9 @@ def test_account_key_is_nowhere_on_the_card(pi, lab):
     secrets = secrets_of(pi, lab)
 
     def files_holding(text: str) -> list[str]:
-        out = subprocess.run(["grep", "-rlF", "--", text, str(upper)], capture_output=True,
-                             text=True, check=False)
+        out = subprocess.run(
+            ["grep", "-rlF", "--", text, str(upper)], capture_output=True, text=True, check=False
+        )
         return [p.removeprefix(str(upper)) for p in out.stdout.split()]
 
     assert files_holding(secrets["account key"]) == []
@@ -86,10 +91,14 @@ def test_account_key_is_nowhere_on_the_card(pi, lab):
 
 def test_settings_file_is_not_readable_by_others(lab):
     assert lab.sh(f"stat -c '%a %U %G' {ENV_FILE} $(dirname {ENV_FILE})").split("\n")[:2] == [
-        "640 root hatcam", "750 root hatcam"]
+        "640 root hatcam",
+        "750 root hatcam",
+    ]
     for user in ("pi", "nobody"):
-        out = lab.sh(f"setpriv --reuid={user} --regid=$(id -g {user}) --init-groups cat {ENV_FILE} "
-                     "2>&1; echo status=$?")
+        out = lab.sh(
+            f"setpriv --reuid={user} --regid=$(id -g {user}) --init-groups cat {ENV_FILE} "
+            "2>&1; echo status=$?"
+        )
         assert "Permission denied" in out and out.strip().endswith("status=1"), (user, out)
 
 
@@ -100,8 +109,10 @@ def test_no_secret_in_logs_or_process_list(pi, lab, where):
     elif where == "ps":
         lab.systemctl("start", "hatcam-camera")
         try:
-            text = lab.sh("ps -eww -o args; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' "
-                          "| grep -v '^$' || true")
+            text = lab.sh(
+                "ps -eww -o args; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' "
+                "| grep -v '^$' || true"
+            )
         finally:
             lab.systemctl("stop", "hatcam-camera")
     else:

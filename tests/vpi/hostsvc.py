@@ -59,8 +59,14 @@ def wait_port(host: str, port: int, pid: int, what: str, timeout: float = 30) ->
 
 def spawn(cmd: list[str], log: Path, env: dict | None = None) -> int:
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=out, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            start_new_session=True,
+            env=env,
+        )
     return proc.pid
 
 
@@ -86,9 +92,18 @@ def azurite_command(state: dict, work: Path) -> tuple[list[str], dict | None]:
     env = None
     if state.get("custom_account"):
         env = {**os.environ, "AZURITE_ACCOUNTS": f"{state['account']}:{state['account_key']}"}
-    cmd = [str(AZURITE_BIN), "--blobHost", state["host"], "--blobPort",
-           str(state["azurite_port"]), "--location", str(work / "azurite"),
-           "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
+    cmd = [
+        str(AZURITE_BIN),
+        "--blobHost",
+        state["host"],
+        "--blobPort",
+        str(state["azurite_port"]),
+        "--location",
+        str(work / "azurite"),
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--silent",
+    ]
     return cmd, env
 
 
@@ -99,8 +114,7 @@ def start_azurite(state: dict, work: Path) -> None:
 
 def start_redis(state: dict, work: Path) -> None:
     redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
-    state["redis_pid"] = spawn([redis_bin, str(work / "redis" / "redis.conf")],
-                               work / "redis.log")
+    state["redis_pid"] = spawn([redis_bin, str(work / "redis" / "redis.conf")], work / "redis.log")
 
 
 def load(path: str) -> dict:
@@ -121,8 +135,11 @@ def cmd_start(args) -> int:
     if getattr(args, "account", None):
         if not re.fullmatch(r"[a-z0-9]{3,24}", args.account):
             sys.exit("hostsvc: --account must be 3-24 lowercase letters and digits")
-        state.update(account=args.account, custom_account=True,
-                     account_key=base64.b64encode(secrets.token_bytes(64)).decode())
+        state.update(
+            account=args.account,
+            custom_account=True,
+            account_key=base64.b64encode(secrets.token_bytes(64)).decode(),
+        )
     state_path.touch(mode=0o600)
     try:
         state["azurite_port"] = args.azurite_port or free_port()
@@ -133,7 +150,7 @@ def cmd_start(args) -> int:
         state["redis_port"] = args.redis_port or free_port()
         conf = work / "redis" / "redis.conf"
         conf.write_text(
-            f"bind {args.host}\nport {state['redis_port']}\nsave \"\"\nappendonly no\n"
+            f'bind {args.host}\nport {state["redis_port"]}\nsave ""\nappendonly no\n'
             f"dir {work / 'redis'}\nrequirepass {password}\n"
         )
         conf.chmod(0o600)
@@ -151,8 +168,15 @@ def cmd_start(args) -> int:
     except BaseException:
         cmd_stop(args)
         raise
-    print(json.dumps({k: v for k, v in state.items()
-                      if k not in ("redis_password", "redis_url", "account_key")}))
+    print(
+        json.dumps(
+            {
+                k: v
+                for k, v in state.items()
+                if k not in ("redis_password", "redis_url", "account_key")
+            }
+        )
+    )
     return 0
 
 
@@ -189,8 +213,10 @@ def cmd_stop(args) -> int:
     return 0
 
 
-SERVICES = {"azurite": ("azurite_pid", "azurite_port", "azurite-blob"),
-            "redis": ("redis_pid", "redis_port", "redis-server")}
+SERVICES = {
+    "azurite": ("azurite_pid", "azurite_port", "azurite-blob"),
+    "redis": ("redis_pid", "redis_port", "redis-server"),
+}
 
 
 def cmd_stop_one(args) -> int:
@@ -224,8 +250,12 @@ def decode(data: bytes) -> dict:
     with av.open(io.BytesIO(data), format="mpegts") as media:
         stream = media.streams.video[0]
         frames = sum(1 for _ in media.decode(stream))
-        return {"codec": stream.codec_context.name, "frames": frames,
-                "width": stream.codec_context.width, "height": stream.codec_context.height}
+        return {
+            "codec": stream.codec_context.name,
+            "frames": frames,
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+        }
 
 
 def cmd_blobs(args) -> int:
@@ -239,16 +269,25 @@ def cmd_blobs(args) -> int:
         if len(blobs) >= args.min and want <= names:
             break
         if time.monotonic() > deadline:
-            print(json.dumps({"ok": False, "blobs": len(blobs),
-                              "missing": sorted(want - names)}))
+            print(json.dumps({"ok": False, "blobs": len(blobs), "missing": sorted(want - names)}))
             return 1
         time.sleep(2)
     newest = blobs[-1]
     info = decode(client.download_blob(newest).readall())
     meta = client.get_blob_client(newest).get_blob_properties().metadata
     ok = info["frames"] > 0
-    print(json.dumps({"ok": ok, "blobs": len(blobs), "newest": newest, "decoded": info,
-                      "metadata": meta, "first": blobs[0]}))
+    print(
+        json.dumps(
+            {
+                "ok": ok,
+                "blobs": len(blobs),
+                "newest": newest,
+                "decoded": info,
+                "metadata": meta,
+                "first": blobs[0],
+            }
+        )
+    )
     return 0 if ok else 1
 
 
@@ -256,8 +295,12 @@ def cmd_stills(args) -> int:
     import redis
 
     state = load(args.state)
-    client = redis.Redis(host=state["host"], port=state["redis_port"],
-                         password=state["redis_password"], socket_timeout=5)
+    client = redis.Redis(
+        host=state["host"],
+        port=state["redis_port"],
+        password=state["redis_password"],
+        socket_timeout=5,
+    )
     deadline = time.monotonic() + args.timeout
     while True:
         keys = sorted(k.decode() for k in client.scan_iter(match="image:*"))
@@ -273,10 +316,19 @@ def cmd_stills(args) -> int:
     ttl = client.ttl(key)
     jpeg = fields.get(b"image_data", b"")
     ok = len(mine) >= args.min and ttl > 0 and jpeg[:2] == b"\xff\xd8"
-    print(json.dumps({"ok": ok, "stills": len(mine), "key": key, "ttl": ttl,
-                      "fields": sorted(f.decode() for f in fields),
-                      "mime_type": fields.get(b"mime_type", b"").decode(),
-                      "jpeg_bytes": len(jpeg)}))
+    print(
+        json.dumps(
+            {
+                "ok": ok,
+                "stills": len(mine),
+                "key": key,
+                "ttl": ttl,
+                "fields": sorted(f.decode() for f in fields),
+                "mime_type": fields.get(b"mime_type", b"").decode(),
+                "jpeg_bytes": len(jpeg),
+            }
+        )
+    )
     return 0 if ok else 1
 
 
@@ -289,8 +341,11 @@ def main(argv=None) -> int:
     s.add_argument("--azurite-port", type=int)
     s.add_argument("--redis-port", type=int)
     s.set_defaults(func=cmd_start)
-    s.add_argument("--account", help="an Azurite account of this name with a random key "
-                                      "(default: the published devstoreaccount1)")
+    s.add_argument(
+        "--account",
+        help="an Azurite account of this name with a random key "
+        "(default: the published devstoreaccount1)",
+    )
     t = sub.add_parser("stop")
     t.add_argument("--state", required=True)
     t.set_defaults(func=cmd_stop)

@@ -105,8 +105,15 @@ class ProvisionedPi:
         self.vm = json.loads(run(args, capture_output=True).stdout)
         self.log("starting Azurite and redis-server beside it")
         run(
-            [*HOSTSVC, "start", "--host", self.vm["host_ip"], "--state", str(self.svc_state),
-             *self.hostsvc_args],
+            [
+                *HOSTSVC,
+                "start",
+                "--host",
+                self.vm["host_ip"],
+                "--state",
+                str(self.svc_state),
+                *self.hostsvc_args,
+            ],
             capture_output=True,
         )
         self.svc = json.loads(self.svc_state.read_text())
@@ -300,14 +307,18 @@ class ProvisionedPi:
     # --- the services beside it ------------------------------------------------------
     def stop_service(self, service: str) -> None:
         """Stop Azurite ("azurite") or redis-server ("redis"): an outage."""
-        run([*HOSTSVC, "stop-one", "--state", str(self.svc_state), "--service", service],
-            capture_output=True)
+        run(
+            [*HOSTSVC, "stop-one", "--state", str(self.svc_state), "--service", service],
+            capture_output=True,
+        )
         self.svc = json.loads(self.svc_state.read_text())
 
     def start_service(self, service: str) -> None:
         """Start it again on the same port and data directory (Redis: same password)."""
-        run([*HOSTSVC, "start-one", "--state", str(self.svc_state), "--service", service],
-            capture_output=True)
+        run(
+            [*HOSTSVC, "start-one", "--state", str(self.svc_state), "--service", service],
+            capture_output=True,
+        )
         self.svc = json.loads(self.svc_state.read_text())
 
     def connection_string(self) -> str:

@@ -162,8 +162,13 @@ def require_root() -> None:
 
 def ensure_host_tools() -> None:
     """Install what a fresh Debian host lacks (mmdebstrap, systemd-nspawn, nft, ip, ssh)."""
-    tools = {"mmdebstrap": "mmdebstrap", "systemd-nspawn": "systemd-container",
-             "nft": "nftables", "ip": "iproute2", "ssh": "openssh-client"}
+    tools = {
+        "mmdebstrap": "mmdebstrap",
+        "systemd-nspawn": "systemd-container",
+        "nft": "nftables",
+        "ip": "iproute2",
+        "ssh": "openssh-client",
+    }
     missing = sorted({pkg for tool, pkg in tools.items() if not shutil.which(tool)})
     if missing:
         log(f"installing host packages: {' '.join(missing)}")
@@ -180,8 +185,9 @@ def extra_cas() -> list[Path]:
 
 
 def host_arch() -> str:
-    return subprocess.run(["dpkg", "--print-architecture"], check=True, text=True,
-                          stdout=subprocess.PIPE).stdout.strip()
+    return subprocess.run(
+        ["dpkg", "--print-architecture"], check=True, text=True, stdout=subprocess.PIPE
+    ).stdout.strip()
 
 
 def foreign(arch: str) -> bool:
@@ -201,8 +207,18 @@ def ensure_binfmt(arch: str) -> None:
         log("installing host packages: qemu-user-static binfmt-support")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run(["apt-get", "update", "-qq"], env=env)
-        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-             "qemu-user-static", "binfmt-support"], env=env)
+        run(
+            [
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "qemu-user-static",
+                "binfmt-support",
+            ],
+            env=env,
+        )
     entry = BINFMT / f"qemu-{qemu}"
     if not entry.exists():
         run(["update-binfmts", "--enable", f"qemu-{qemu}"], check=False)
@@ -219,9 +235,11 @@ def ensure_binfmt(arch: str) -> None:
     # Re-register the same entry with F (fix binary: the interpreter is opened now, so
     # it works inside the container) and C (credentials of the binary: setuid sudo).
     new_flags = "".join(sorted(set(flags) | {"F", "C"}))
-    esc = lambda hexs: "".join(f"\\x{hexs[i:i + 2]}" for i in range(0, len(hexs), 2))  # noqa: E731
-    spec = (f":qemu-{qemu}:M:{fields.get('offset', '0')}:{esc(fields['magic'])}:"
-            f"{esc(fields['mask'])}:{fields['interpreter']}:{new_flags}")
+    esc = lambda hexs: "".join(f"\\x{hexs[i : i + 2]}" for i in range(0, len(hexs), 2))  # noqa: E731
+    spec = (
+        f":qemu-{qemu}:M:{fields.get('offset', '0')}:{esc(fields['magic'])}:"
+        f"{esc(fields['mask'])}:{fields['interpreter']}:{new_flags}"
+    )
     log(f"re-registering binfmt qemu-{qemu} with flags {new_flags} (was {flags or 'none'})")
     entry.write_text("-1\n")
     (BINFMT / "register").write_text(spec + "\n")
@@ -277,28 +295,50 @@ def native_nm_bundle(version: str) -> Path:
     shutil.rmtree(bundle, ignore_errors=True)
     (work / "debs").mkdir(parents=True)
     deps = subprocess.run(
-        ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
-         "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
-         f"network-manager={version}"],
-        check=True, text=True, stdout=subprocess.PIPE).stdout.split("\n")
+        [
+            "apt-cache",
+            "depends",
+            "--recurse",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+            f"network-manager={version}",
+        ],
+        check=True,
+        text=True,
+        stdout=subprocess.PIPE,
+    ).stdout.split("\n")
     libs = sorted({d for d in deps if re.fullmatch(r"(lib[a-z0-9.+-]+|zlib1g)", d)})
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "download", "-qq", f"network-manager={version}", *libs],
-        cwd=work / "debs", env=env, stderr=subprocess.DEVNULL)
+    run(
+        ["apt-get", "download", "-qq", f"network-manager={version}", *libs],
+        cwd=work / "debs",
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     for deb in sorted((work / "debs").glob("*.deb")):
         run(["dpkg-deb", "-x", str(deb), str(work / "root")])
     bundle.mkdir(parents=True)
     shutil.copy2(work / "root/usr/sbin/NetworkManager", bundle / "NetworkManager")
     root = work / "root"
-    for libdir in [*root.glob("lib/*-linux-gnu*"), *root.glob("usr/lib/*-linux-gnu*"),
-                   root / "lib64"]:
+    for libdir in [
+        *root.glob("lib/*-linux-gnu*"),
+        *root.glob("usr/lib/*-linux-gnu*"),
+        root / "lib64",
+    ]:
         for so in libdir.glob("*.so*"):
             if not (bundle / so.name).exists():
                 shutil.copy2(so, bundle / so.name, follow_symlinks=True)
     loader = next(bundle.glob("ld-linux*.so*"))
-    listed = subprocess.run([str(loader), "--library-path", str(bundle), "--list",
-                             str(bundle / "NetworkManager")], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    listed = subprocess.run(
+        [str(loader), "--library-path", str(bundle), "--list", str(bundle / "NetworkManager")],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     if listed.returncode != 0 or "not found" in listed.stdout:
         sys.exit(f"vpi: the native NetworkManager bundle is incomplete:\n{listed.stdout}")
     needed = {}
@@ -341,7 +381,8 @@ def install_qemu_dropins(merged: Path) -> None:
         d = merged / "etc/systemd/system" / f"{unit}.d"
         d.mkdir(parents=True, exist_ok=True)
         (d / "vpi-qemu-user.conf").write_text(
-            "# vpi: not possible under qemu-user (test guest only)\n[Service]\n" + line + "\n")
+            "# vpi: not possible under qemu-user (test guest only)\n[Service]\n" + line + "\n"
+        )
 
 
 def customize_script() -> str:
@@ -361,7 +402,7 @@ printf '%s' '{CMDLINE_TXT.strip()}' > "$R/boot/firmware/cmdline.txt"
 echo >> "$R/boot/firmware/cmdline.txt"
 # The host's extra CAs (TLS-inspecting proxies); pip in a venv must use the system bundle.
 mkdir -p "$R/usr/local/share/ca-certificates/vpi-host"
-for f in {' '.join(str(p) for p in extra_cas()) or 'NONE'}; do
+for f in {" ".join(str(p) for p in extra_cas()) or "NONE"}; do
   [ -f "$f" ] && cp "$f" "$R/usr/local/share/ca-certificates/vpi-host/"
 done
 chroot "$R" update-ca-certificates >/dev/null
@@ -409,8 +450,10 @@ def cmd_build(args) -> Path:
         return tar
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = tar.with_suffix(".tar.partial")
-    log(f"building {tar.name} with mmdebstrap (about 2 minutes"
-        f"{'; 10 or more under qemu' if foreign(arch) else ''})")
+    log(
+        f"building {tar.name} with mmdebstrap (about 2 minutes"
+        f"{'; 10 or more under qemu' if foreign(arch) else ''})"
+    )
     sources = [
         f"deb {MIRROR} {SUITE} main",
         f"deb {MIRROR} {SUITE}-updates main",
@@ -427,7 +470,7 @@ def cmd_build(args) -> Path:
             "--format=tar",
             f"--architectures={arch}",
             f"--include={','.join(PACKAGES)}",
-            f"--customize-hook=sh {script} \"$1\"",
+            f'--customize-hook=sh {script} "$1"',
             SUITE,
             str(tmp),
             *sources,
@@ -543,13 +586,23 @@ table ip {table} {{
 def teardown_network(state: dict) -> None:
     created = state.get("created", [])
     if "nft" in created:
-        run(["nft", "delete", "table", "ip", state["nft_table"]], check=False,
-            stderr=subprocess.DEVNULL)
+        run(
+            ["nft", "delete", "table", "ip", state["nft_table"]],
+            check=False,
+            stderr=subprocess.DEVNULL,
+        )
     if "bridge" in created:
         run(["ip", "link", "del", state["bridge"]], check=False, stderr=subprocess.DEVNULL)
     before = state.get("ip_forward_before")
-    others = [d.name for d in RUNS.glob("*") if d.name != state["name"] and
-              alive(load_state(d.name).get("supervisor_pid"))] if RUNS.exists() else []
+    others = (
+        [
+            d.name
+            for d in RUNS.glob("*")
+            if d.name != state["name"] and alive(load_state(d.name).get("supervisor_pid"))
+        ]
+        if RUNS.exists()
+        else []
+    )
     if before and before != "1" and not others:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(before + "\n")
 
@@ -560,8 +613,20 @@ def teardown_network(state: dict) -> None:
 def prepare_guest(state: dict, merged: Path, rdir: Path) -> None:
     """Per-run identity: SSH host keys, the client key, and the guest's network profile."""
     key = rdir / "id_ed25519"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"vpi-{state['name']}",
-         "-f", str(key)])
+    run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            f"vpi-{state['name']}",
+            "-f",
+            str(key),
+        ]
+    )
     (merged / "etc/ssh").mkdir(parents=True, exist_ok=True)
     run(["ssh-keygen", "-q", "-A", "-f", str(merged)])
     ssh_dir = merged / "home/pi/.ssh"
@@ -643,12 +708,18 @@ def ssh_base(state: dict) -> list[str]:
     rdir = run_dir(state["name"])
     return [
         "ssh",
-        "-i", str(rdir / "id_ed25519"),
-        "-o", f"UserKnownHostsFile={rdir / 'known_hosts'}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=yes",
-        "-o", "ConnectTimeout=3",
-        "-o", "LogLevel=ERROR",
+        "-i",
+        str(rdir / "id_ed25519"),
+        "-o",
+        f"UserKnownHostsFile={rdir / 'known_hosts'}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=3",
+        "-o",
+        "LogLevel=ERROR",
         f"pi@{state['ip']}",
     ]
 
@@ -658,8 +729,13 @@ def wait_for_ssh(state: dict, timeout: float) -> None:
     while time.monotonic() < deadline:
         if not alive(load_state(state["name"]).get("supervisor_pid")):
             raise RuntimeError("the guest stopped while booting; see console.log")
-        r = run([*ssh_base(state), "systemctl is-system-running --wait >/dev/null; true"],
-                check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        r = run(
+            [*ssh_base(state), "systemctl is-system-running --wait >/dev/null; true"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
         if r.returncode == 0:
             return
         time.sleep(0.5)
@@ -711,8 +787,17 @@ def cmd_up(args) -> int:
     }
     save_state(name, state)
     try:
-        run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)])
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={lower},upperdir={upper},workdir={work}",
+                str(merged),
+            ]
+        )
         state["created"].append("mount")
         save_state(name, state)
         prepare_guest(state, merged, rdir)
@@ -725,14 +810,18 @@ def cmd_up(args) -> int:
         with open(rdir / "console.log", "ab") as console:
             sup = subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "_supervise", name],
-                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         state["supervisor_pid"] = sup.pid
         save_state(name, state)
         wait_for_ssh(state, timeout)
-        log(f"{name} is up at {state['ip']} after {time.monotonic() - started:.1f} s "
-            f"(ssh: {Path(__file__).name} ssh {name})")
+        log(
+            f"{name} is up at {state['ip']} after {time.monotonic() - started:.1f} s "
+            f"(ssh: {Path(__file__).name} ssh {name})"
+        )
     except BaseException:
         log(f"{name} failed to start; cleaning up")
         tail = rdir / "console.log"
@@ -792,8 +881,7 @@ def cleanup(name: str, timeout: float | None = None) -> None:
         for _ in range(20):
             if not os.path.ismount(merged):
                 break
-            if run(["umount", str(merged)], check=False,
-                   stderr=subprocess.DEVNULL).returncode != 0:
+            if run(["umount", str(merged)], check=False, stderr=subprocess.DEVNULL).returncode != 0:
                 time.sleep(0.5)
         if os.path.ismount(merged):
             run(["umount", "--lazy", str(merged)], check=False)
@@ -842,19 +930,28 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build or reuse the cached root filesystem")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
-    b.add_argument("--arch", help="Debian architecture, e.g. arm64 or armhf under qemu-user "
-                                  "(default: the host's)")
+    b.add_argument(
+        "--arch",
+        help="Debian architecture, e.g. arm64 or armhf under qemu-user (default: the host's)",
+    )
     b.set_defaults(func=cmd_build)
     u = sub.add_parser("up", help="boot a guest and wait for SSH")
     u.add_argument("name")
     u.add_argument("--subnet", default="10.213.7", help="first three octets (default %(default)s)")
-    u.add_argument("--timeout", type=float,
-                   help="seconds to wait for SSH (default 90; 600 under qemu)")
-    u.add_argument("--arch", help="Debian architecture, e.g. arm64 or armhf under qemu-user "
-                                  "(default: the host's)")
-    u.add_argument("--cache", action="append", metavar="HOSTDIR:GUESTDIR",
-                   help="bind a host cache directory into the guest (repeatable), e.g. "
-                        "apt archives; survives the run")
+    u.add_argument(
+        "--timeout", type=float, help="seconds to wait for SSH (default 90; 600 under qemu)"
+    )
+    u.add_argument(
+        "--arch",
+        help="Debian architecture, e.g. arm64 or armhf under qemu-user (default: the host's)",
+    )
+    u.add_argument(
+        "--cache",
+        action="append",
+        metavar="HOSTDIR:GUESTDIR",
+        help="bind a host cache directory into the guest (repeatable), e.g. "
+        "apt archives; survives the run",
+    )
     u.set_defaults(func=cmd_up)
     d = sub.add_parser("down", help="stop the guest and clean up")
     d.add_argument("name")

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +136,14 @@ class Downloader:
 
     def run(self, remotes: list[Remote]) -> list[Outcome]:
         """Fetch every blob; outcomes in the order given. Ctrl-C keeps the .part files."""
+        batch = self.start(remotes)
+        try:
+            return batch.finish()
+        finally:
+            batch.close()
+
+    def start(self, remotes: list[Remote]) -> Batch:
+        """Start fetching every blob, in the order given, and return at once."""
         cached, todo = [], []
         for remote in remotes:
             info = self.cache.known_good(remote)
@@ -144,19 +152,7 @@ class Downloader:
             else:
                 todo.append(remote)
         self.progress.start(sum(r.size for r in todo), len(todo), len(cached))
-        results = {id(o.remote): o for o in cached}
-        pool = ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="fetch")
-        try:
-            futures = [pool.submit(self.fetch, remote) for remote in todo]
-            for future in as_completed(futures):
-                outcome = future.result()
-                results[id(outcome.remote)] = outcome
-                self.progress.finished(outcome)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            self.cache.save()
-            self.progress.stop()
-        return [results[id(r)] for r in remotes]
+        return Batch(self, remotes, cached, todo)
 
     def fetch(self, remote: Remote) -> Outcome:
         final = self.cache.path(remote)
@@ -257,3 +253,46 @@ class Downloader:
             with contextlib.suppress(OSError):
                 os.fsync(fh.fileno())
         return done
+
+
+class Batch:
+    """Downloads under way: wait for one blob (to stitch it) or for all of them."""
+
+    def __init__(self, downloader: Downloader, remotes, cached, todo):
+        self.downloader = downloader
+        self.remotes = remotes
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, downloader.jobs), thread_name_prefix="fetch"
+        )
+        self.futures: dict[str, Future] = {}
+        for outcome in cached:
+            self.futures[outcome.remote.name] = done = Future()
+            done.set_result(outcome)
+        for remote in todo:
+            future = self.pool.submit(downloader.fetch, remote)
+            future.add_done_callback(self._finished)
+            self.futures[remote.name] = future
+        self.closed = False
+
+    def _finished(self, future: Future) -> None:
+        if not future.cancelled():
+            self.downloader.progress.finished(future.result())
+
+    def outcome(self, name: str) -> Outcome:
+        """The outcome of one blob, waiting for it if it is still on its way."""
+        return self.futures[name].result()
+
+    def finish(self) -> list[Outcome]:
+        """Every outcome, in the order given, once all are in."""
+        return [self.outcome(remote.name) for remote in self.remotes]
+
+    def close(self) -> None:
+        """Stop (cancelling what has not started), record what was verified, end the bar."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self.downloader.cache.save()
+            self.downloader.progress.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +29,17 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from . import listing, stitch
 from .blobstore import container_client, describe
 from .config import DEVICE_RE
-from .download import Cache, Downloader, Outcome, md5_of
+from .download import Batch, Cache, Downloader, Outcome, md5_of
 from .progress import make_progress
+
+log = logging.getLogger("hatcam.fetch")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_JOBS = 8
+
+
+class _NotDownloaded(Exception):
+    """A segment planned into a file did not arrive: plan again from what did."""
 
 
 def add_arguments(parser) -> None:
@@ -186,28 +193,46 @@ class Fetch:
         )
 
     def inspect(self, remote: listing.Remote, path: Path) -> dict:
-        return stitch.inspect(path, remote.legacy)
+        """What stitching needs to know of a verified file: the device's own account
+        (its metadata) when it gave one, else what demuxing the file shows."""
+        return remote.info or stitch.inspect(path, remote.legacy)
+
+    def segment(self, remote: listing.Remote, path: Path, info: dict) -> stitch.Segment:
+        return stitch.Segment.from_info(
+            remote.name,
+            path,
+            remote.device,
+            remote.start,
+            info,
+            boot=remote.boot,
+            seq=remote.seq,
+            legacy_fps=self.args.legacy_fps if remote.legacy else None,
+        )
 
     def segments(self, outcomes: list[Outcome]) -> list[stitch.Segment]:
+        """The verified segments, each described by demuxing its file (the careful path:
+        this device could not be stitched from its metadata)."""
         found = []
         for outcome in outcomes:
             if not outcome.ok:
                 self.problem(f"{outcome.remote.name}: {outcome.error}; not stitched")
                 continue
-            remote = outcome.remote
-            found.append(
-                stitch.Segment.from_info(
-                    remote.name,
-                    outcome.path,
-                    remote.device,
-                    remote.start,
-                    outcome.info,
-                    boot=remote.boot,
-                    seq=remote.seq,
-                    legacy_fps=self.args.legacy_fps if remote.legacy else None,
-                )
-            )
+            info = outcome.info
+            if info.get("from_metadata"):
+                try:
+                    info = stitch.inspect(outcome.path, outcome.remote.legacy)
+                except ValueError as exc:
+                    self.problem(f"{outcome.remote.name}: {exc}; not stitched")
+                    continue
+                self.cache.record(outcome.remote, info)
+            found.append(self.segment(outcome.remote, outcome.path, info))
         return found
+
+    def plan(self, segments: list[stitch.Segment]):
+        max_gap = self.args.max_gap
+        if max_gap is None:
+            max_gap = stitch.default_max_gap(segments)
+        return stitch.plan(segments, max_gap)
 
     def load_stitched(self) -> dict:
         try:
@@ -220,12 +245,12 @@ class Fetch:
         tmp.write_text(json.dumps(record, indent=0, sort_keys=True))
         os.replace(tmp, self.stitched_path)
 
-    def stitch_run(self, run: stitch.Run, record: dict) -> str | None:
-        """Write (or keep) one MP4; its state for the report, or None if it failed.
+    def stitch_run(self, run: stitch.Run, record: dict, ready=None) -> str:
+        """Write (or keep) one MP4: "written" or "unchanged"; raises if it cannot be written.
 
         An MP4 from an earlier run is kept when it holds the same segments and
         still has its size; before its blobs are deleted its hash must match too,
-        else it is stitched again from the cache.
+        else it is stitched again from the cache. ``ready`` as in stitch.write.
         """
         path = self.root / run.filename
         want = {"segments": run.names, "frames": run.frames, "ticks": run.duration_ticks}
@@ -234,14 +259,45 @@ class Fetch:
         kept = same and path.is_file() and path.stat().st_size == old.get("size")
         if kept and (not self.args.delete_after or md5_of(path).hexdigest() == old.get("md5")):
             return "unchanged"
-        try:
-            stitch.write(run, path, reread=self.args.delete_after)
-        except (ValueError, OSError, stitch.av.error.FFmpegError) as exc:
-            self.problem(f"{run.filename}: could not be written ({exc})")
-            return None
-        size, md5 = path.stat().st_size, md5_of(path).hexdigest()
-        record[run.filename] = {**want, "size": size, "md5": md5}
+        stitch.write(run, path, reread=self.args.delete_after, ready=ready)
+        # The hash only matters before deleting blobs; hashing a day of video costs time.
+        md5 = md5_of(path).hexdigest() if self.args.delete_after else None
+        record[run.filename] = {**want, "size": path.stat().st_size, "md5": md5}
         return "written"
+
+    def stitch_runs(self, runs: list[stitch.Run], record: dict) -> list[str | None]:
+        """Each run's state, None for one that failed (recorded as a problem)."""
+        states = []
+        for run in runs:
+            try:
+                states.append(self.stitch_run(run, record))
+            except (ValueError, OSError, stitch.av.error.FFmpegError) as exc:
+                self.problem(f"{run.filename}: could not be written ({exc})")
+                states.append(None)
+        return states
+
+    def stitch_ahead(self, remotes: list[listing.Remote], batch: Batch, record: dict):
+        """Stitch a device's footage while it downloads, planned from the blobs' metadata.
+
+        Returns (runs, splits, states), or None to stitch after the downloads instead:
+        when a blob lacks the metadata, fails to download, or holds other than it says.
+        """
+        if not all(r.info and not r.legacy for r in remotes):
+            return None
+        runs, splits = self.plan([self.segment(r, self.cache.path(r), r.info) for r in remotes])
+
+        def ready(segment: stitch.Segment) -> None:
+            if not batch.outcome(segment.name).ok:
+                raise _NotDownloaded(segment.name)
+
+        try:
+            states = [self.stitch_run(run, record, ready) for run in runs]
+        except _NotDownloaded:
+            return None
+        except (ValueError, OSError, stitch.av.error.FFmpegError) as exc:
+            log.warning("stitching from the blobs' metadata failed (%s); demuxing them", exc)
+            return None
+        return runs, splits, states
 
     def report_device(self, device, remotes, outcomes, runs, splits, states) -> None:
         fetched = sum(o.fetched for o in outcomes)
@@ -328,36 +384,46 @@ class Fetch:
         downloader = Downloader(
             self.client, self.cache, self.inspect, make_progress(self.out), self.args.jobs
         )
+        record = self.load_stitched()
+        stitched = {}
+        batch = downloader.start(remotes)
         try:
-            outcomes = downloader.run(remotes)
+            # Stitching overlaps the downloads: segments are fetched in time order.
+            for device, in_range in chosen.items():
+                if in_range:
+                    stitched[device] = self.stitch_ahead(in_range, batch, record)
+            outcomes = batch.finish()
         except KeyboardInterrupt:
             print(
                 "hatcam fetch: interrupted; run it again to resume where it stopped",
                 file=self.err,
             )
             return EXIT_INTERRUPTED
+        finally:
+            batch.close()
+            self.save_stitched(record)
         by_device: dict[str, list[Outcome]] = {}
         for outcome in outcomes:
             by_device.setdefault(outcome.remote.device, []).append(outcome)
-        record = self.load_stitched()
         deletable: list[str] = []
         for device, in_range in chosen.items():
             if not in_range:
                 self.say(f"{device}: no footage in range")
                 continue
             results = by_device[device]
-            segments = self.segments(results)
-            max_gap = self.args.max_gap
-            if max_gap is None:
-                max_gap = stitch.default_max_gap(segments)
-            runs, splits = stitch.plan(segments, max_gap)
-            states = [self.stitch_run(run, record) for run in runs]
-            self.save_stitched(record)
+            done = stitched.get(device)
+            if done is None:
+                runs, splits = self.plan(self.segments(results))
+                states = self.stitch_runs(runs, record)
+                self.save_stitched(record)
+            else:
+                runs, splits, states = done
             self.report_device(device, in_range, results, runs, splits, states)
             if self.args.delete_after:
                 for run, state in zip(runs, states, strict=True):
                     if state is not None:
                         deletable += run.names
+        self.cache.save()
         if self.args.delete_after:
             deleted = self.delete(deletable)
             self.say(f"deleted {deleted} of {len(remotes)} blob(s) from {where}")

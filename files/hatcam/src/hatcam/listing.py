@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from azure.storage.blob import BlobPrefix
@@ -38,6 +38,9 @@ class Remote:
     end: datetime | None = None  # from the metadata, when the device set it
     boot: str | None = None
     seq: int | None = None
+    # What the device recorded about the file (stitch.inspect's shape), from its metadata;
+    # None when incomplete or marked damaged: then the file itself is inspected.
+    info: dict | None = field(default=None, compare=False)
 
     @property
     def legacy(self) -> bool:
@@ -91,6 +94,25 @@ def _md5(props) -> bytes | None:
     return bytes(md5) if md5 else None
 
 
+INFO_KEYS = ("frames", "first_pts", "last_pts", "width", "height")
+
+
+def _recorded_info(meta: dict) -> dict | None:
+    """The device's own account of a segment, if it gave a complete and sane one."""
+    if meta.get("damaged") == "true":
+        return None
+    try:
+        info = {key: int(meta[key]) for key in INFO_KEYS}
+    except (KeyError, ValueError):
+        return None
+    if info["frames"] < 1 or info["last_pts"] < info["first_pts"]:
+        return None
+    spread = info["last_pts"] - info["first_pts"]
+    info["ticks"] = round(spread / (info["frames"] - 1)) if info["frames"] > 1 else None
+    info["from_metadata"] = True  # not from the file: checked while stitching
+    return info
+
+
 def _segment(props) -> Remote | None:
     device, _, rest = props.name.partition("/")
     name = SegmentName.parse(rest.rpartition("/")[2])
@@ -112,6 +134,7 @@ def _segment(props) -> Remote | None:
         end,
         boot=name.boot,
         seq=name.seq,
+        info=_recorded_info(meta),
     )
 
 

@@ -81,6 +81,7 @@ class RichProgress:
         )
         self.task = None
         self.count = self.finished_count = 0
+        self.lock = threading.Lock()  # downloads finish on their own threads
 
     def start(self, total_bytes: int, count: int, cached: int) -> None:
         if cached:
@@ -98,11 +99,13 @@ class RichProgress:
             self.bar.update(self.task, advance=nbytes)
 
     def finished(self, outcome) -> None:
-        self.finished_count += 1
+        with self.lock:
+            self.finished_count += 1
+            done = f"{self.finished_count}/{self.count} segments"
         if outcome.status == "failed":
             self.console.print(f"[red]FAILED[/] {outcome.remote.name}: {outcome.error}")
         if self.task is not None:
-            self.bar.update(self.task, segments=f"{self.finished_count}/{self.count} segments")
+            self.bar.update(self.task, segments=done)
 
     def stop(self) -> None:
         if self.task is not None:

@@ -140,16 +140,24 @@ class SegmentFile:
 
 
 def segment_metadata(
-    device, name: SegmentName, frames, duration, first_pts, synced, md5=None
+    device, name: SegmentName, frames, first_pts, last_pts, fps, size, synced, md5=None
 ) -> dict:
+    """The sidecar: what the segment holds, so nothing downstream has to demux it to know.
+
+    ``size`` is (width, height), or None when unknown.
+    """
+    duration = (last_pts - first_pts) / MPEGTS_CLOCK + 1 / fps
     meta = {
         "device": device,
         "start": iso(name.start),
         "end": iso(name.start + timedelta(seconds=duration)),
         "frames": frames,
         "first_pts": first_pts,
+        "last_pts": last_pts,
         "clock_synced": synced,
     }
+    if size is not None:
+        meta["width"], meta["height"] = size
     if md5 is not None:  # unknown for a segment recovered after a crash
         meta["md5"] = md5
     return meta
@@ -292,8 +300,10 @@ class Segmenter:
                 self.device,
                 segment.name,
                 segment.frames,
-                segment.duration(),
                 segment.first_pts,
+                segment.last_pts,
+                self.fps,
+                (self.width, self.height),
                 self.synced,
                 segment.writer.md5.hexdigest(),
             )
@@ -344,9 +354,8 @@ def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path |
         log.warning("discarding %s (%s): it holds no complete frame", path.name, why)
         path.unlink(missing_ok=True)
         return None
-    duration = (last - first) / MPEGTS_CLOCK + 1 / fps
     # Whether the clock was synchronised back then is unknown: say no.
-    meta = segment_metadata(device, name, frames, duration, first, False)
+    meta = segment_metadata(device, name, frames, first, last, fps, None, False)
     meta["recovered"] = True
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())

@@ -229,11 +229,13 @@ def plan(segments: list[Segment], max_gap: float) -> tuple[list[Run], list[Gap]]
     return runs, splits
 
 
-def write(run: Run, path: Path, *, reread: bool = False) -> None:
+def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
     """Remux ``run`` into ``path`` (+faststart), check it, then move it into place.
 
-    The check counts the frames muxed and their span; ``reread`` also reads the
-    written file back (slower; used before blobs are deleted).
+    The check counts each segment's frames and span against the plan; ``reread``
+    also reads the written file back (slower; used before blobs are deleted).
+    ``ready(segment)``, when given, is called before a segment's file is opened
+    (fetch waits there for its download) and may raise to abandon the file.
     """
     tmp = path.with_name(f".{path.name}.part")
     out = av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"})
@@ -243,17 +245,24 @@ def write(run: Run, path: Path, *, reread: bool = False) -> None:
         target = None
         for placed in run.items:
             seg = placed.segment
+            if ready is not None:
+                ready(seg)
             with av.open(str(seg.path), format="h264" if seg.legacy else "mpegts") as src:
                 stream = src.streams.video[0]
                 if target is None:
                     target = out.add_stream_from_template(stream)
                     target.time_base = TIME_BASE
                 count, low, high = _copy(src, stream, target, placed, out)
-                frames += count
-                first = low if first is None else min(first, low)
-                end = max(end, high)
-    finally:
+            if count != seg.frames:
+                raise ValueError(f"{seg.name}: holds {count} frames, not {seg.frames}")
+            frames += count
+            first = low if first is None else min(first, low)
+            end = max(end, high)
+    except BaseException:
         out.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    out.close()
     ticks = end - (first or 0)
     if reread:
         frames, ticks = measure(tmp)

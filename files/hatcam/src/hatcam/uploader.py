@@ -35,7 +35,19 @@ from .status import StateFile
 log = logging.getLogger("hatcam.uploader")
 
 POLL_SECONDS = 0.2  # how often an idle uploader looks for a new segment
-BLOB_METADATA = ("device", "start", "end", "frames", "clock_synced")
+# What fetch plans a stitch from without opening the file (a recovered segment has no
+# width/height: fetch inspects those).
+BLOB_METADATA = (
+    "device",
+    "start",
+    "end",
+    "frames",
+    "first_pts",
+    "last_pts",
+    "width",
+    "height",
+    "clock_synced",
+)
 
 
 def error_code(exc: Exception) -> str:
@@ -119,6 +131,7 @@ class Uploader:
         metadata = {
             key: str(meta[key]).lower() if isinstance(meta[key], bool) else str(meta[key])
             for key in BLOB_METADATA
+            if key in meta
         }
         try:
             self._put(blob, data, recorded, metadata)
