@@ -15,7 +15,6 @@ import time
 from fractions import Fraction
 
 import av
-import numpy as np
 
 from . import Still
 
@@ -31,14 +30,12 @@ class SyntheticCamera:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._latest: np.ndarray | None = None
+        self._latest: bytes | None = None  # the newest luma plane, for stills
         self.frames_sent = 0
         self.failed: BaseException | None = None
-        # Luma ramp, chroma flat: cheap to make, easy to see motion and seams in.
-        ramp = np.linspace(16, 235, width, dtype=np.uint8)
-        self._base = np.vstack(
-            [np.tile(ramp, (height, 1)), np.full((height // 2, width), 128, np.uint8)]
-        )
+        # Luma ramp, chroma flat: cheap to make, easy to see motion and seams in. Plain
+        # bytes, not numpy: the pattern costs the daemon no extra library (and memory).
+        self._ramp = bytes(16 + (235 - 16) * x // max(1, width - 1) for x in range(width))
 
     def _encoder(self) -> av.CodecContext:
         enc = av.CodecContext.create("libx264", "w")
@@ -59,15 +56,33 @@ class SyntheticCamera:
         enc.open()
         return enc
 
-    def _picture(self, index: int) -> np.ndarray:
-        frame = self._base.copy()
+    def _picture(self, index: int) -> bytes:
+        """The luma plane of frame ``index``: a bar moving across the ramp, and the frame
+        counter as a column of bits, so seams are visible frame by frame."""
         x = (index * 8) % (self.width - BAR)
-        frame[: self.height, x : x + BAR] = 235
-        # A frame counter as a column of bits, so seams are visible frame by frame.
+        row = self._ramp[:x] + b"\xeb" * BAR + self._ramp[x + BAR :]
+        luma = bytearray(row * self.height)
         for bit in range(16):
             y0 = 8 + bit * 8
             if y0 + 8 <= self.height:
-                frame[y0 : y0 + 6, 8:14] = 235 if index >> bit & 1 else 16
+                mark = (b"\xeb" if index >> bit & 1 else b"\x10") * 6
+                for y in range(y0, y0 + 6):
+                    luma[y * self.width + 8 : y * self.width + 14] = mark
+        return bytes(luma)
+
+    def _frame(self, luma: bytes, format: str) -> av.VideoFrame:
+        frame = av.VideoFrame(self.width, self.height, format)
+        y, u, v = frame.planes
+        if y.line_size == y.width:
+            y.update(luma)
+        else:  # rows padded in memory: copy them one by one
+            padded = bytearray(y.buffer_size)
+            for row in range(y.height):
+                at, src = row * y.line_size, row * y.width
+                padded[at : at + y.width] = luma[src : src + y.width]
+            y.update(bytes(padded))
+        for chroma in (u, v):
+            chroma.update(b"\x80" * chroma.buffer_size)
         return frame
 
     def start(self, output) -> None:
@@ -93,7 +108,7 @@ class SyntheticCamera:
                 picture = self._picture(index)
                 with self._lock:
                     self._latest = picture
-                frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+                frame = self._frame(picture, "yuv420p")
                 frame.pts = due
                 for packet in enc.encode(frame):
                     output.outputframe(bytes(packet), packet.is_keyframe, packet.pts)
@@ -116,7 +131,7 @@ class SyntheticCamera:
         with self._lock:
             picture = self._latest if self._latest is not None else self._picture(0)
         # The same planes, labelled full range as JPEG wants (no pixel format conversion).
-        frame = av.VideoFrame.from_ndarray(picture, format="yuvj420p")
+        frame = self._frame(picture, "yuvj420p")
         enc = av.CodecContext.create("mjpeg", "w")
         enc.width, enc.height = self.width, self.height
         enc.pix_fmt = "yuvj420p"
