@@ -5,7 +5,8 @@
 
 Starts its own Azurite, records N segments with the synthetic camera through
 the real segmenter, uploads them like the device (Content-MD5, metadata), then
-times, on the same data:
+times, on the same data, in ``--rounds`` alternating rounds (the round with the
+median ratio is reported):
 
   baseline  a listing by prefix and a parallel SDK download (same --jobs), then
             ``ffmpeg -f concat -safe 0 -i list -c copy -movflags +faststart out.mp4``
@@ -145,6 +146,7 @@ def main() -> int:
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "fetch")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -176,9 +178,16 @@ def main() -> int:
             f"HATCAM_BLOB_CONTAINER={container}\nHATCAM_DEVICE=bench\n"
         )
 
-        base_seconds, base_mp4 = baseline(client, args.work, args.jobs)
-        out = args.work / "footage"
-        cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
+        # The two take turns; the round with the median ratio is reported.
+        rounds = []
+        for index in range(args.rounds):
+            work = args.work / f"round{index}"
+            base_seconds, base_mp4 = baseline(client, work, args.jobs)
+            out = work / "footage"
+            cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
+            rounds.append((cold_seconds / base_seconds, base_seconds, cold_seconds, work))
+        ratio, base_seconds, cold_seconds, work = sorted(rounds)[len(rounds) // 2]
+        base_mp4, out = work / "baseline.mp4", work / "footage"
         warm_seconds, _ = hatcam_fetch(env_file, out, args.jobs)
         [ours] = sorted(out.glob("*.mp4"))
         expected = int(args.segments * args.seconds * args.fps)
@@ -189,6 +198,9 @@ def main() -> int:
             "megabytes": round(total_bytes / 1e6, 1),
             "jobs": args.jobs,
             "make_segments_s": round(made, 1),
+            "rounds": args.rounds,
+            "ratios": [round(r[0], 3) for r in rounds],
+            "ratio": ratio,
             "baseline_s": round(base_seconds, 2),
             "hatcam_fetch_s": round(cold_seconds, 2),
             "hatcam_fetch_again_s": round(warm_seconds, 2),
