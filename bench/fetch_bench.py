@@ -99,25 +99,39 @@ def frames_in(path: Path) -> int:
     return int(out.stdout.strip())
 
 
-def baseline(client, work: Path, jobs: int) -> tuple[float, Path]:
+# The baseline's download, a plain script run as its own process, as `hatcam fetch` is:
+# each side pays for starting its interpreter and importing the SDK.
+PLAIN_DOWNLOAD = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from azure.storage.blob import ContainerClient
+client = ContainerClient.from_connection_string(sys.argv[1], sys.argv[2])
+files, prefix, jobs = Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+def get(name):
+    path = files / name.rpartition("/")[2]
+    with open(path, "wb") as fh:
+        client.download_blob(name).readinto(fh)
+    return path
+names = [b.name for b in client.list_blobs(name_starts_with=prefix)]
+with ThreadPoolExecutor(jobs) as pool:
+    paths = list(pool.map(get, names))
+(files / "list.txt").write_text("".join(f"file '{p}'\\n" for p in sorted(paths)))
+"""
+
+
+def baseline(env: dict, work: Path, jobs: int) -> tuple[float, Path]:
     files = work / "baseline"
     files.mkdir(parents=True)
     started = time.perf_counter()
-    names = [b.name for b in client.list_blobs(name_starts_with=f"{DEVICE}/")]
-
-    def get(name: str) -> Path:
-        path = files / name.rpartition("/")[2]
-        with open(path, "wb") as fh:
-            client.download_blob(name).readinto(fh)
-        return path
-
-    with ThreadPoolExecutor(jobs) as pool:
-        paths = list(pool.map(get, names))
-    listing = files / "list.txt"
-    listing.write_text("".join(f"file '{p}'\n" for p in sorted(paths)))
+    subprocess.run(
+        [sys.executable, "-c", PLAIN_DOWNLOAD, env["BLOB_CONNECTION_STRING"]]
+        + [env["HATCAM_BLOB_CONTAINER"], str(files), f"{DEVICE}/", str(jobs)],
+        check=True,
+    )
     out = work / "baseline.mp4"
     subprocess.run(
-        [FFMPEG, "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing)]
+        [FFMPEG, "-v", "error", "-f", "concat", "-safe", "0", "-i", str(files / "list.txt")]
         + ["-c", "copy", "-movflags", "+faststart", "-y", str(out)],
         check=True,
     )
@@ -172,17 +186,18 @@ def main() -> int:
         made = time.perf_counter() - started
         count = upload_all(settings, spool, args.jobs)
         total_bytes = sum(b.size for b in client.list_blobs(name_starts_with=f"{DEVICE}/"))
+        store = {
+            "BLOB_CONNECTION_STRING": azurite.connection_string(),
+            "HATCAM_BLOB_CONTAINER": container,
+        }
         env_file = args.work / "fetch.env"
-        env_file.write_text(
-            f"BLOB_CONNECTION_STRING={azurite.connection_string()}\n"
-            f"HATCAM_BLOB_CONTAINER={container}\nHATCAM_DEVICE=bench\n"
-        )
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in store.items()))
 
         # The two take turns; the round with the median ratio is reported.
         rounds = []
         for index in range(args.rounds):
             work = args.work / f"round{index}"
-            base_seconds, base_mp4 = baseline(client, work, args.jobs)
+            base_seconds, base_mp4 = baseline(store, work, args.jobs)
             out = work / "footage"
             cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
             rounds.append((cold_seconds / base_seconds, base_seconds, cold_seconds, work))
