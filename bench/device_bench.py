@@ -444,7 +444,7 @@ def main() -> int:
     counts = (
         dict(segments=36, latency=20, drain=20, rounds=1, memory=15, stills=10)
         if args.quick
-        else dict(segments=360, latency=110, drain=200, rounds=3, memory=60, stills=100)
+        else dict(segments=360, latency=110, drain=200, rounds=5, memory=60, stills=100)
     )
     azurite = Azurite(WORK / "azurite").start()
     redis_server = RedisServer(WORK / "redis").start()

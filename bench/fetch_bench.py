@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of each")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "fetch")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()

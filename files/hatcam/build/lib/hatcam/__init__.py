@@ -1,0 +1,3 @@
+"""hatcam: a wearable Raspberry Pi camera that never loses footage."""
+
+__version__ = "0.1.0"

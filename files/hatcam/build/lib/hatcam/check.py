@@ -1,0 +1,71 @@
+"""``hatcam check``: the settings are valid; can blob storage and Redis be reached?
+
+A device's SAS may only create blobs, so the blob check reads the container's
+properties and interprets the refusal: AuthorizationPermissionMismatch means
+the signature was accepted (the credential works, it just may not read).
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+from .blobstore import container_client, describe
+from .spool import Spool
+from .stills import redis_location
+from .uploader import explain
+
+
+def check_blob(settings) -> tuple[bool, str]:
+    if not settings.has_blob_credential:
+        return False, "not configured (BLOB_CONNECTION_STRING or HATCAM_BLOB_SAS_URL)"
+    client = container_client(settings, retries=0)
+    where = describe(client)
+    try:
+        client.get_container_properties()
+        return True, f"{where}: reachable, container exists"
+    except HttpResponseError as exc:
+        if exc.error_code == "AuthorizationPermissionMismatch":
+            return True, f"{where}: reachable, credential accepted (create-only SAS)"
+        if exc.error_code == "ContainerNotFound" and not settings.blob_sas_url:
+            return True, f"{where}: reachable; the uploader creates the container"
+        return False, f"{where}: {explain(exc)}"
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        return False, f"{where}: {explain(exc)}"
+
+
+def check_redis(settings) -> tuple[bool, str]:
+    if not settings.redis_url:
+        return (not settings.stills), "not configured (REDIS_URL)"
+    where = redis_location(settings.redis_url)
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5).ping()
+        return True, f"{where}: reachable"
+    except redis.AuthenticationError:
+        return False, f"{where}: password refused (check REDIS_URL)"
+    except redis.RedisError as exc:
+        return False, f"{where}: unreachable ({type(exc).__name__})"
+
+
+def check_spool(settings) -> tuple[bool, str]:
+    spool = Spool(settings.spool_dir)
+    if not spool.root.is_dir():
+        parent = next((p for p in spool.root.parents if p.exists()), None)
+        if parent is not None and os.access(parent, os.W_OK):
+            return True, f"{spool.root}: not there yet; the camera creates it"
+        return False, f"{spool.root} does not exist and cannot be created by this user"
+    return True, f"{spool.root}: {spool.free_mb():.0f} MB free (floor {settings.min_free_mb} MB)"
+
+
+def run_checks(settings) -> int:
+    print(f"settings:      valid (device {settings.device}, camera {settings.camera})")
+    results = [
+        ("spool", check_spool(settings)),
+        ("blob storage", check_blob(settings)),
+        ("redis", check_redis(settings)),
+    ]
+    for label, (ok, message) in results:
+        print(f"{label + ':':<14} {'ok  ' if ok else 'FAIL'} {message}")
+    return 0 if all(ok for _, (ok, _) in results) else 1

@@ -1,0 +1,154 @@
+"""The ``hatcam`` command: camera, upload, status, check (device) and fetch (laptop)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+from . import config
+
+EXIT_CONFIG = 2
+FETCH_HELP = "download footage and stitch it into MP4 files (--help for its options)"
+_JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd, a ``<N>`` prefix gives each line its journald priority."""
+
+    def format(self, record):
+        return f"<{_JOURNAL_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(name)s: %(message)s"
+    if os.environ.get("JOURNAL_STREAM"):  # journald adds the time itself
+        handler.setFormatter(_JournalFormatter(fmt))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s " + fmt))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    # The SDK logs every HTTP request at INFO; keep its warnings only.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+def handle_signals(stop) -> None:
+    """SIGTERM (systemd stop) and SIGINT end a daemon cleanly (the camera closes its segment)."""
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def load_settings(args, *, blob: str | None = None, redis: bool = False) -> config.Settings:
+    """Validate the configuration before any camera or network is touched."""
+    settings = config.load(args.env_file)
+    if blob is not None:
+        settings.require_blob(blob)
+    if redis:
+        settings.require_redis()
+    return settings
+
+
+def cmd_camera(args) -> int:
+    from .recorder import Recorder
+
+    settings = load_settings(args, redis=True)
+    recorder = Recorder(settings)
+    handle_signals(recorder.stop)
+    return recorder.run()
+
+
+def cmd_upload(args) -> int:
+    from .spool import Spool
+    from .uploader import Uploader
+
+    settings = load_settings(args, blob="c")
+    uploader = Uploader(settings, Spool(settings.spool_dir).ensure())
+    handle_signals(lambda *_: uploader.stop())
+    uploader.run()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .spool import Spool
+    from .status import render, report
+
+    settings = load_settings(args)
+    spool = Spool(settings.spool_dir)
+    if not spool.root.is_dir():
+        print(
+            f"HATCAM_SPOOL_DIR: {spool.root} does not exist (has the camera run?)", file=sys.stderr
+        )
+        return 1
+    info = report(spool)
+    print(json.dumps(info, indent=1) if args.json else render(info))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import run_checks
+
+    settings = load_settings(args)
+    return run_checks(settings)
+
+
+def cmd_fetch(args) -> int:
+    # fetch parses its own options: its imports (rich, stitching) stay out of the
+    # daemons, which run on a Pi Zero's 512 MB.
+    from . import fetch
+
+    parser = argparse.ArgumentParser(
+        prog="hatcam fetch", description=fetch.__doc__.splitlines()[0].replace("`", "")
+    )
+    fetch.add_arguments(parser)
+    options = parser.parse_args(args.fetch_args)
+    settings = load_settings(args, blob="rl" + ("d" if options.delete_after else ""))
+    return fetch.run_fetch(settings, options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hatcam", description=__doc__)
+    parser.add_argument(
+        "--env-file",
+        help="dotenv file with the settings (default: /etc/hatcam/hatcam.env if present, "
+        "else ./.env); the process environment overrides it",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("camera", help="record video segments (and stills) into the spool").set_defaults(
+        func=cmd_camera
+    )
+    sub.add_parser("upload", help="upload closed segments to Azure Blob Storage").set_defaults(
+        func=cmd_upload
+    )
+    status = sub.add_parser("status", help="queue, last upload, last error, free disk, camera")
+    status.add_argument("--json", action="store_true", help="print the raw state as JSON")
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("check", help="validate settings, reach blob storage and Redis").set_defaults(
+        func=cmd_check
+    )
+    fetch = sub.add_parser("fetch", help=FETCH_HELP, add_help=False)
+    fetch.set_defaults(func=cmd_fetch)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "fetch":
+        args.fetch_args = extra  # `hatcam fetch --help` included
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except config.ConfigError as exc:
+        for line in exc.lines:
+            print(f"hatcam: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

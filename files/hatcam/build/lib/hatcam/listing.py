@@ -1,0 +1,249 @@
+"""Which blobs ``hatcam fetch`` wants: a device's segments in a time range.
+
+Segments live at ``<device>/<YYYY-MM-DD>/<stamp>-<boot>-<seq>.ts`` (UTC date),
+so a range is listed one date prefix at a time, never the whole container.
+The original hat cam wrote raw ``YYYY-MM-DD HH:MM:SS.h264`` blobs (local time)
+at the container root; they appear here as the pseudo-device ``legacy``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+
+from azure.storage.blob import BlobPrefix
+
+from .naming import SegmentName
+
+LEGACY_DEVICE = "legacy"
+LEGACY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d{2}):(\d{2}):(\d{2})\.h264$")
+# A segment that opened before --since may still run into it (segments are at most 600 s).
+SLACK = timedelta(minutes=10)
+# Past this many days, one walk of the date folders is cheaper than a listing per day.
+MAX_DAYS_BY_PREFIX = 62
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One blob to fetch, with what its name and listing say about it."""
+
+    name: str
+    device: str
+    start: datetime  # UTC, from the name
+    size: int
+    md5: bytes | None  # the blob's stored Content-MD5, None if it has none
+    etag: str
+    end: datetime | None = None  # from the metadata, when the device set it
+    boot: str | None = None
+    seq: int | None = None
+    # What the device recorded about the file (stitch.inspect's shape), from its metadata;
+    # None when incomplete or marked damaged: then the file itself is inspected.
+    info: dict | None = field(default=None, compare=False)
+
+    @property
+    def legacy(self) -> bool:
+        return self.device == LEGACY_DEVICE
+
+    @property
+    def md5_b64(self) -> str | None:
+        return base64.b64encode(self.md5).decode() if self.md5 else None
+
+    @property
+    def cache_name(self) -> str:
+        """Path under the cache: the blob's own name, without spaces or colons for legacy."""
+        if self.legacy:
+            return f"{LEGACY_DEVICE}/{self.start:%Y%m%dT%H%M%SZ}.h264"
+        return self.name
+
+
+def parse_when(text: str, *, end: bool, now: datetime | None = None) -> datetime:
+    """``today``, ``yesterday``, ``now``, a date or an ISO 8601 time, as an aware UTC time.
+
+    Times without an offset are this computer's local time. A bare date (or
+    today/yesterday) means its first moment, or with ``end`` its last (the
+    next midnight), so ``--since yesterday --until yesterday`` is all of it.
+    """
+    now = now or datetime.now(UTC)
+    word = text.strip().lower()
+    if word == "now":
+        return now
+    if word in ("today", "yesterday"):
+        day = now.astimezone().date() - timedelta(days=word == "yesterday")
+        return _day_edge(day, end)
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", word):
+            return _day_edge(date.fromisoformat(word), end)
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use today, yesterday, now, 2026-11-21, "
+            "2026-11-21T08:30 or 2026-11-21T08:30+01:00"
+        ) from None
+    return moment.astimezone(UTC)  # naive means local time
+
+
+def _day_edge(day: date, end: bool) -> datetime:
+    day = day + timedelta(days=1) if end else day
+    return datetime.combine(day, time()).astimezone(UTC)
+
+
+def _md5(props) -> bytes | None:
+    md5 = props.content_settings.content_md5 if props.content_settings else None
+    return bytes(md5) if md5 else None
+
+
+INFO_KEYS = ("frames", "first_pts", "last_pts", "width", "height")
+
+
+def _recorded_info(meta: dict) -> dict | None:
+    """The device's own account of a segment, if it gave a complete and sane one."""
+    if meta.get("damaged") == "true":
+        return None
+    try:
+        info = {key: int(meta[key]) for key in INFO_KEYS}
+    except (KeyError, ValueError):
+        return None
+    if info["frames"] < 1 or info["last_pts"] < info["first_pts"]:
+        return None
+    spread = info["last_pts"] - info["first_pts"]
+    info["ticks"] = round(spread / (info["frames"] - 1)) if info["frames"] > 1 else None
+    info["from_metadata"] = True  # not from the file: checked while stitching
+    return info
+
+
+def _segment(props) -> Remote | None:
+    device, _, rest = props.name.partition("/")
+    name = SegmentName.parse(rest.rpartition("/")[2])
+    if name is None:
+        return None
+    meta = props.metadata or {}
+    try:
+        end = datetime.fromisoformat(meta["end"]).astimezone(UTC) if "end" in meta else None
+    except ValueError:
+        end = None
+    md5 = _md5(props)
+    return Remote(
+        props.name,
+        device,
+        name.start,
+        props.size,
+        md5,
+        props.etag,
+        end,
+        boot=name.boot,
+        seq=name.seq,
+        info=_recorded_info(meta),
+    )
+
+
+def legacy_start(blob_name: str, zone: tzinfo | None) -> datetime | None:
+    """The UTC start of a legacy blob, its name read as local time in ``zone``."""
+    match = LEGACY_RE.match(blob_name)
+    if not match:
+        return None
+    try:
+        naive = datetime.fromisoformat(f"{match[1]}T{match[2]}:{match[3]}:{match[4]}")
+    except ValueError:
+        return None
+    local = naive.replace(tzinfo=zone) if zone is not None else naive.astimezone()
+    return local.astimezone(UTC)
+
+
+def _legacy(props, zone: tzinfo | None) -> Remote | None:
+    start = legacy_start(props.name, zone)
+    if start is None:
+        return None
+    return Remote(props.name, LEGACY_DEVICE, start, props.size, _md5(props), props.etag)
+
+
+def discover(client) -> tuple[list[str], bool]:
+    """Device folders at the top of the container, and whether legacy blobs sit there."""
+    devices, legacy = [], False
+    for item in client.walk_blobs(delimiter="/"):
+        if isinstance(item, BlobPrefix):
+            devices.append(item.name.rstrip("/"))
+        elif LEGACY_RE.match(item.name):
+            legacy = True
+    return sorted(devices), legacy
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def _device_prefixes(client, device: str, since: datetime | None, until: datetime) -> list[str]:
+    first = (since - SLACK).date() if since else None
+    last = until.date()
+    if first is not None and (last - first).days <= MAX_DAYS_BY_PREFIX:
+        return [f"{device}/{day:%Y-%m-%d}/" for day in _days(first, last)]
+    prefixes = []
+    for item in client.walk_blobs(name_starts_with=f"{device}/", delimiter="/"):
+        if not isinstance(item, BlobPrefix):
+            continue
+        try:
+            day = date.fromisoformat(item.name.rstrip("/").rpartition("/")[2])
+        except ValueError:
+            continue
+        if (first is None or day >= first) and day <= last:
+            prefixes.append(item.name)
+    return prefixes
+
+
+def _overlaps(remote: Remote, since: datetime | None, until: datetime) -> bool:
+    end = remote.end or remote.start
+    return remote.start < until and (since is None or end >= since)
+
+
+def list_device(client, device: str, since: datetime | None, until: datetime) -> list[Remote]:
+    found = []
+    for prefix in _device_prefixes(client, device, since, until):
+        for props in client.list_blobs(name_starts_with=prefix, include=["metadata"]):
+            remote = _segment(props)
+            if remote is not None and _overlaps(remote, since, until):
+                found.append(remote)
+    return sorted(found, key=lambda r: (r.start, r.boot or "", r.seq or 0))
+
+
+def list_legacy(
+    client, since: datetime | None, until: datetime, zone: tzinfo | None
+) -> list[Remote]:
+    """Legacy blobs starting in the range (their length is unknown until downloaded)."""
+    if since is None or (until - since).days > MAX_DAYS_BY_PREFIX:
+        listings = [client.walk_blobs(delimiter="/")]
+    else:
+        local = (since - SLACK).astimezone(zone), until.astimezone(zone)
+        days = _days(local[0].date(), local[1].date())
+        listings = [client.list_blobs(name_starts_with=f"{day:%Y-%m-%d} ") for day in days]
+    found = []
+    for listing in listings:
+        for props in listing:
+            if isinstance(props, BlobPrefix):
+                continue
+            remote = _legacy(props, zone)
+            if remote is None or remote.start >= until:
+                continue
+            if since is None or remote.start >= since:
+                found.append(remote)
+    return sorted(found, key=lambda r: r.start)
+
+
+def select(
+    client,
+    devices: list[str] | None,
+    since: datetime | None,
+    until: datetime,
+    zone: tzinfo | None,
+) -> dict[str, list[Remote]]:
+    """Blobs in range per device (every device, legacy included, when none is named)."""
+    if not devices:
+        names, has_legacy = discover(client)
+        devices = names + ([LEGACY_DEVICE] if has_legacy else [])
+    chosen = {}
+    for device in dict.fromkeys(devices):
+        if device == LEGACY_DEVICE:
+            chosen[device] = list_legacy(client, since, until, zone)
+        else:
+            chosen[device] = list_device(client, device, since, until)
+    return chosen

@@ -1,0 +1,373 @@
+"""Encoded H.264 frames in, closed MPEG-TS segments out.
+
+``Segmenter.outputframe`` has the shape of picamera2's ``Output.outputframe``,
+so the real encoder and the synthetic backend feed it the same way. It splits
+only at a keyframe once the segment length is reached, so every frame lands in
+exactly one segment. PTS are the capture timestamps, relative to the first
+frame of this run, so they continue across segment boundaries. MPEG-TS needs
+no index at the end: a segment cut short by a power loss still plays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from .naming import SegmentName, boot_id, iso
+from .spool import Spool
+
+log = logging.getLogger("hatcam.segmenter")
+
+MPEGTS_CLOCK = 90_000
+TIME_BASE = Fraction(1, MPEGTS_CLOCK)
+FLUSH_EVERY = 1.0  # seconds: the most a power cut may take from the open segment
+_TIME_ERROR = 5  # adjtimex() state when the kernel clock is not NTP-synchronised
+
+
+def _packet_flags_writable() -> bool:
+    """PyAV 10 (Pi OS Bookworm's python3-av) cannot set a packet's keyframe flag. It only
+    marks random access points for the muxer; players find keyframes by parsing anyway."""
+    try:
+        av.Packet(b"").is_keyframe = True
+    except AttributeError:
+        return False
+    return True
+
+
+_PACKET_FLAGS_WRITABLE = _packet_flags_writable()
+
+
+def clock_synchronized() -> bool:
+    """True when the clock is NTP-synchronised (what timedatectl shows).
+
+    Asks the kernel (adjtimex, read only); where a sandbox refuses that call
+    (systemd's ProtectClock=), falls back to the flag file systemd-timesyncd keeps.
+    """
+    try:
+        timex = ctypes.create_string_buffer(512)  # struct timex, modes=0: read only
+        state = ctypes.CDLL(None, use_errno=True).adjtimex(timex)
+    except (OSError, AttributeError):
+        state = -1
+    if state != -1:
+        return state != _TIME_ERROR
+    return Path("/run/systemd/timesync/synchronized").exists()
+
+
+class _HashingWriter:
+    """Hashes the bytes on their way to the card: the MD5 the cloud checks is the one
+    of what was recorded, so a segment damaged on the card is caught at upload."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.md5 = hashlib.md5()
+
+    def write(self, data) -> int:
+        self.md5.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+class SegmentFile:
+    """One MPEG-TS file being written; flushed to the card at least once a second."""
+
+    def __init__(self, path: Path, name: SegmentName, width: int, height: int, fps: int):
+        self.path = path
+        self.name = name
+        self.fh = open(path, "wb")  # noqa: SIM115 - closed in close(), outlives this call
+        self.writer = _HashingWriter(self.fh)
+        self.container = av.open(
+            self.writer, "w", format="mpegts", container_options={"flush_packets": "1"}
+        )
+        self.stream = self.container.add_stream("h264", rate=fps)
+        self.stream.width, self.stream.height = width, height
+        self.stream.time_base = TIME_BASE
+        self.fps = fps
+        self.frames = 0
+        self.first_pts: int | None = None
+        self.last_pts: int | None = None
+        self.last_sync = time.monotonic()
+
+    def write(self, data: bytes, keyframe: bool, pts: int) -> None:
+        packet = av.Packet(data)
+        packet.stream = self.stream
+        packet.time_base = TIME_BASE
+        packet.pts = packet.dts = pts
+        if _PACKET_FLAGS_WRITABLE:
+            packet.is_keyframe = keyframe
+        self.container.mux(packet)
+        self.frames += 1
+        if self.first_pts is None:
+            self.first_pts = pts
+        self.last_pts = pts
+        if time.monotonic() - self.last_sync >= FLUSH_EVERY:
+            self.sync()
+
+    def sync(self) -> None:
+        self.fh.flush()
+        os.fdatasync(self.fh.fileno())
+        self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        self.container.close()
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+    def abort(self) -> None:
+        """Close after a failed write: what reached the card stays for salvage()."""
+        with contextlib.suppress(OSError, av.error.FFmpegError):
+            self.container.close()
+        with contextlib.suppress(OSError):
+            self.fh.close()
+
+    def duration(self) -> float:
+        if self.first_pts is None:
+            return 0.0
+        return (self.last_pts - self.first_pts) / MPEGTS_CLOCK + 1 / self.fps
+
+
+def segment_metadata(
+    device, name: SegmentName, frames, first_pts, last_pts, fps, size, synced, md5=None
+) -> dict:
+    """The sidecar: what the segment holds, so nothing downstream has to demux it to know.
+
+    ``size`` is (width, height), or None when unknown.
+    """
+    duration = (last_pts - first_pts) / MPEGTS_CLOCK + 1 / fps
+    meta = {
+        "device": device,
+        "start": iso(name.start),
+        "end": iso(name.start + timedelta(seconds=duration)),
+        "frames": frames,
+        "first_pts": first_pts,
+        "last_pts": last_pts,
+        "clock_synced": synced,
+    }
+    if size is not None:
+        meta["width"], meta["height"] = size
+    if md5 is not None:  # unknown for a segment recovered after a crash
+        meta["md5"] = md5
+    return meta
+
+
+class Segmenter:
+    """Receives encoded frames and writes gap-free segments into the spool.
+
+    ``room`` is asked before each segment (and once a second while writing)
+    whether recording may go on; when it says no, the open segment is closed
+    and frames are dropped until it says yes again, resuming at a keyframe.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        device: str,
+        width: int,
+        height: int,
+        fps: int,
+        segment_seconds: float,
+        room: Callable[[], bool] = lambda: True,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.spool = spool
+        self.device = device
+        self.width, self.height, self.fps = width, height, fps
+        self.segment_us = int(segment_seconds * 1_000_000)
+        self.room = room
+        self.wall_clock = wall_clock  # names segments; tests pass their own
+        self.boot = boot_id()
+        self.lock = threading.Lock()
+        self.current: SegmentFile | None = None
+        self.segment_start_us = 0
+        self.run_start_us: int | None = None
+        self.synced = False
+        self.paused = False
+        self.card_failing = False  # a write or a new segment was refused by the card
+        self.last_room_check = 0.0
+        self.frames_dropped = 0
+        self.segments_closed = 0
+
+    # picamera2's Output.outputframe signature (timestamp in microseconds).
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        if audio:
+            return
+        if timestamp is None:
+            timestamp = time.monotonic_ns() // 1000
+        with self.lock:
+            self._frame(bytes(frame), bool(keyframe), int(timestamp))
+
+    def _frame(self, data: bytes, keyframe: bool, timestamp: int) -> None:
+        if self.run_start_us is None:
+            self.run_start_us = timestamp
+        now = time.monotonic()
+        # At every keyframe (where a segment may start) and at least once a second.
+        if keyframe or now - self.last_room_check >= FLUSH_EVERY:
+            self.last_room_check = now
+            self._check_room()
+        if self.paused:
+            self.frames_dropped += 1
+            return
+        if (
+            self.current is not None
+            and keyframe
+            and timestamp - self.segment_start_us >= self.segment_us
+        ):
+            self._close()
+        if self.current is None:
+            if not keyframe:  # a segment must start with a keyframe to play on its own
+                self.frames_dropped += 1
+                return
+            try:
+                if self.card_failing:  # first queue what the failed writes left behind
+                    recover(self.spool, self.device, self.fps)
+                self._open(timestamp)
+            except OSError as exc:  # the card is full or failing: try the next keyframe
+                self.frames_dropped += 1
+                if not self.card_failing:
+                    log.error("cannot start a segment (%s); trying at every keyframe", exc)
+                self.card_failing = True
+                return
+            if self.card_failing:
+                log.warning(
+                    "recording again (%d frames lost while the card refused writes)",
+                    self.frames_dropped,
+                )
+                self.card_failing = False
+        pts = round((timestamp - self.run_start_us) * MPEGTS_CLOCK / 1_000_000)
+        try:
+            self.current.write(data, keyframe, pts)
+        except (OSError, av.error.FFmpegError) as exc:
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: Exception) -> None:
+        """The card refused a write (full, or failing). Keep what the segment holds and
+        let the floor policy decide what next, rather than crash the camera."""
+        segment, self.current = self.current, None
+        self.frames_dropped += 1
+        self.card_failing = True
+        self._give_up_on(segment, f"writing it failed: {exc}")
+        self._check_room()
+
+    def _give_up_on(self, segment: SegmentFile, why: str) -> None:
+        log.error("%s: %s; closing it early", segment.path.name, why)
+        segment.abort()
+        try:
+            salvage(self.spool, self.device, self.fps, segment.path, "closed early")
+        except OSError as exc:  # recover() at the next start picks it up
+            log.error("%s stays in recording/ until the next start (%s)", segment.path.name, exc)
+
+    def _check_room(self) -> None:
+        ok = self.room()
+        if not ok and not self.paused:
+            log.warning("disk floor reached: recording paused until space is freed")
+            self._close()
+            self.paused = True
+        elif ok and self.paused:
+            log.warning(
+                "disk space available again: recording resumes (%d frames not recorded)",
+                self.frames_dropped,
+            )
+            self.paused = False
+
+    def _open(self, timestamp: int) -> None:
+        name = SegmentName(self.wall_clock(), self.boot, self.spool.next_seq())
+        self.segment_start_us = timestamp
+        self.synced = clock_synchronized()
+        self.current = SegmentFile(
+            self.spool.recording / name.filename, name, self.width, self.height, self.fps
+        )
+
+    def _close(self) -> None:
+        segment, self.current = self.current, None
+        if segment is None:
+            return
+        try:
+            segment.close()
+            meta = segment_metadata(
+                self.device,
+                segment.name,
+                segment.frames,
+                segment.first_pts,
+                segment.last_pts,
+                self.fps,
+                (self.width, self.height),
+                self.synced,
+                segment.writer.md5.hexdigest(),
+            )
+            path = self.spool.commit(segment.path, meta)
+        except (OSError, av.error.FFmpegError) as exc:
+            self._give_up_on(segment, f"closing it failed: {exc}")
+            return
+        self.segments_closed += 1
+        log.info(
+            "segment ready: %s (%d frames, %.2f s)", path.name, meta["frames"], segment.duration()
+        )
+
+    def close(self) -> None:
+        """Close the open segment properly (on SIGTERM or when the camera stops)."""
+        with self.lock:
+            self._close()
+
+    @property
+    def current_name(self) -> str | None:
+        segment = self.current
+        return segment.path.name if segment else None
+
+
+def probe(path: Path) -> tuple[int, int | None, int | None]:
+    """(frames, first pts, last pts) of a possibly truncated MPEG-TS file."""
+    frames, first, last = 0, None, None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0, None, None
+            for packet in container.demux(video=0):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                frames += 1
+                first = packet.pts if first is None else first
+                last = packet.pts
+    except av.error.FFmpegError as exc:  # a torn tail: keep what was read before it
+        log.warning("%s: read stopped early (%s); keeping %d frames", path.name, exc, frames)
+    return frames, first, last
+
+
+def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path | None:
+    """Queue a segment that was not closed properly with what it holds (or drop it if it
+    holds no complete frame)."""
+    name = SegmentName.parse(path.name)
+    frames, first, last = probe(path) if name else (0, None, None)
+    if frames == 0:
+        log.warning("discarding %s (%s): it holds no complete frame", path.name, why)
+        path.unlink(missing_ok=True)
+        return None
+    # Whether the clock was synchronised back then is unknown: say no.
+    meta = segment_metadata(device, name, frames, first, last, fps, None, False)
+    meta["recovered"] = True
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    committed = spool.commit(path, meta)
+    log.warning("recovered %s (%s): %d frames", path.name, why, frames)
+    return committed
+
+
+def recover(spool: Spool, device: str, fps: int) -> list[Path]:
+    """Move segments left in recording/ by a crash or power cut into ready/."""
+    found = (
+        salvage(spool, device, fps, path, "after an unclean stop")
+        for path in sorted(spool.recording.glob("*.ts"))
+    )
+    return [path for path in found if path is not None]

@@ -1,0 +1,316 @@
+"""Remux segments into one MP4 per continuous run, with PyAV, never re-encoding.
+
+Within one recording run the segments' PTS are the capture clock and
+continue from segment to segment, so they are kept as they are. A new run
+(the daemon restarted: PTS start again near 0) is placed by the wall-clock
+start time of its first segment. A gap longer than ``max_gap`` (default: two
+segment lengths) ends the file and starts a new one; shorter gaps stay in the
+file as they happened (the picture holds) and are reported.
+
+Legacy raw ``.h264`` has no timestamps: its frames get ``1/fps`` each, and
+each file is placed by the time in its name (one-second precision).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+CLOCK = 90_000
+TIME_BASE = Fraction(1, CLOCK)
+LEGACY_SLOP = 1.0  # seconds: legacy names have whole seconds, so smaller gaps are noise
+
+
+def _to_ticks(time_base: Fraction):
+    """A fast int function turning timestamps in ``time_base`` into 90 kHz ticks."""
+    if time_base == TIME_BASE:
+        return int
+    num, den = time_base.numerator * CLOCK, time_base.denominator
+    return lambda value: value * num // den
+
+
+def inspect(path: Path, legacy: bool) -> dict:
+    """Frames, first/last PTS (90 kHz), frame interval and size of one segment file."""
+    frames, first, last = 0, None, None
+    try:
+        with av.open(str(path), format="h264" if legacy else "mpegts") as container:
+            if not container.streams.video:
+                raise ValueError(f"{path.name}: no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            ticks = _to_ticks(stream.time_base)
+            for packet in container.demux(stream):
+                if packet.size == 0 or (packet.pts is None and not legacy):
+                    continue
+                frames += 1
+                if not legacy:
+                    last = ticks(packet.pts)
+                    first = last if first is None else first
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"{path.name}: not readable as video ({exc})") from None
+    if frames == 0:
+        raise ValueError(f"{path.name}: holds no video frame")
+    ticks = round((last - first) / (frames - 1)) if not legacy and frames > 1 else None
+    return {
+        "frames": frames,
+        "first_pts": first,
+        "last_pts": last,
+        "ticks": ticks,
+        "width": width,
+        "height": height,
+    }
+
+
+@dataclass
+class Segment:
+    """A verified local segment, ready to be placed on a run's timeline."""
+
+    name: str  # the blob's name, for reports
+    path: Path
+    device: str
+    start: datetime  # wall clock (UTC) from the name
+    frames: int
+    first_pts: int
+    last_pts: int
+    ticks: int  # one frame, in 90 kHz ticks
+    width: int
+    height: int
+    boot: str | None = None
+    seq: int | None = None
+    legacy: bool = False
+
+    @classmethod
+    def from_info(cls, name, path, device, start, info, *, boot=None, seq=None, legacy_fps=None):
+        if legacy_fps is not None:  # no timestamps in the file: 1/fps per frame
+            ticks = round(CLOCK / legacy_fps)
+            first, last = 0, (info["frames"] - 1) * ticks
+        else:
+            ticks = info["ticks"] or round(CLOCK / 30)
+            first, last = info["first_pts"], info["last_pts"]
+        return cls(
+            name,
+            Path(path),
+            device,
+            start,
+            info["frames"],
+            first,
+            last,
+            ticks,
+            info["width"],
+            info["height"],
+            boot,
+            seq,
+            legacy_fps is not None,
+        )
+
+    @property
+    def duration(self) -> float:
+        return (self.last_pts - self.first_pts + self.ticks) / CLOCK
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.duration)
+
+
+@dataclass
+class Placed:
+    segment: Segment
+    shift: int  # added to the segment's PTS/DTS on the output timeline
+
+
+@dataclass
+class Gap:
+    at: datetime  # wall clock where the picture stops
+    seconds: float
+    missing: int = 0  # sequence numbers that are not there (same boot)
+    new_file: bool = False
+
+
+@dataclass
+class Run:
+    device: str
+    items: list[Placed] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)  # bridged inside this file
+
+    @property
+    def start(self) -> datetime:
+        return self.items[0].segment.start
+
+    @property
+    def frames(self) -> int:
+        return sum(p.segment.frames for p in self.items)
+
+    @property
+    def duration_ticks(self) -> int:
+        first, last = self.items[0], self.items[-1]
+        return (
+            last.segment.last_pts
+            + last.shift
+            + last.segment.ticks
+            - (first.segment.first_pts + first.shift)
+        )
+
+    @property
+    def duration(self) -> float:
+        return self.duration_ticks / CLOCK
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=self.duration)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.device}_{self.start:%Y%m%dT%H%M%SZ}.mp4"
+
+    @property
+    def names(self) -> list[str]:
+        return [p.segment.name for p in self.items]
+
+
+def default_max_gap(segments: list[Segment]) -> float:
+    """About two segment lengths, as the segments themselves show it."""
+    if not segments:
+        return 0.0
+    return 2 * statistics.median(s.duration for s in segments) + 0.5
+
+
+def _same_run(prev: Segment, seg: Segment) -> bool:
+    return (
+        not seg.legacy
+        and seg.boot is not None
+        and seg.boot == prev.boot
+        and seg.first_pts > prev.last_pts
+        and (seg.seq is None or prev.seq is None or seg.seq > prev.seq)
+    )
+
+
+def _missing(prev: Segment, seg: Segment) -> int:
+    if seg.boot is None or seg.boot != prev.boot or seg.seq is None or prev.seq is None:
+        return 0
+    return max(0, seg.seq - prev.seq - 1)
+
+
+def plan(segments: list[Segment], max_gap: float) -> tuple[list[Run], list[Gap]]:
+    """Segments (one device, in time order) -> runs, plus the gaps that split files."""
+    runs: list[Run] = []
+    splits: list[Gap] = []
+    for seg in segments:
+        run = runs[-1] if runs else None
+        if run is None:
+            runs.append(Run(seg.device, [Placed(seg, -seg.first_pts)]))
+            continue
+        prev = run.items[-1]
+        prev_end = prev.segment.last_pts + prev.shift + prev.segment.ticks
+        if _same_run(prev.segment, seg):
+            shift = prev.shift  # the capture clock says where it goes
+            gap_ticks = seg.first_pts + shift - prev_end
+        else:
+            wall = (seg.start - prev.segment.end).total_seconds()
+            if seg.legacy and wall < LEGACY_SLOP:
+                wall = 0.0
+            gap_ticks = max(0, round(wall * CLOCK))
+            shift = prev_end + gap_ticks - seg.first_pts
+        gap = Gap(prev.segment.end, gap_ticks / CLOCK, _missing(prev.segment, seg))
+        resized = (seg.width, seg.height) != (prev.segment.width, prev.segment.height)
+        if gap.seconds > max_gap or resized:
+            gap.new_file = True
+            splits.append(gap)
+            runs.append(Run(seg.device, [Placed(seg, -seg.first_pts)]))
+            continue
+        if gap_ticks > seg.ticks // 2 or gap.missing:
+            run.gaps.append(gap)
+        run.items.append(Placed(seg, shift))
+    return runs, splits
+
+
+def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
+    """Remux ``run`` into ``path`` (+faststart), check it, then move it into place.
+
+    The check counts each segment's frames and span against the plan; ``reread``
+    also reads the written file back (slower; used before blobs are deleted).
+    ``ready(segment)``, when given, is called before a segment's file is opened
+    (fetch waits there for its download) and may raise to abandon the file.
+    """
+    tmp = path.with_name(f".{path.name}.part")
+    out = av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"})
+    frames, first, end = 0, None, 0
+    try:
+        out.metadata["creation_time"] = run.start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        target = None
+        for placed in run.items:
+            seg = placed.segment
+            if ready is not None:
+                ready(seg)
+            with av.open(str(seg.path), format="h264" if seg.legacy else "mpegts") as src:
+                stream = src.streams.video[0]
+                if target is None:
+                    target = out.add_stream_from_template(stream)
+                    target.time_base = TIME_BASE
+                count, low, high = _copy(src, stream, target, placed, out)
+            if count != seg.frames:
+                raise ValueError(f"{seg.name}: holds {count} frames, not {seg.frames}")
+            frames += count
+            first = low if first is None else min(first, low)
+            end = max(end, high)
+    except BaseException:
+        out.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    out.close()
+    ticks = end - (first or 0)
+    if reread:
+        frames, ticks = measure(tmp)
+    if frames != run.frames or abs(ticks - run.duration_ticks) > run.items[-1].segment.ticks:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(
+            f"{path.name}: wrote {frames} frames / {ticks / CLOCK:.3f} s, "
+            f"expected {run.frames} / {run.duration:.3f} s"
+        )
+    os.replace(tmp, path)
+
+
+def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
+    """Mux one segment's packets; (frames, first pts, end) on the output timeline."""
+    seg = placed.segment
+    index, first, end = 0, None, 0
+    ticks = _to_ticks(stream.time_base)
+    for packet in src.demux(stream):
+        if packet.size == 0 or (packet.pts is None and not seg.legacy):
+            continue
+        if seg.legacy:
+            pts = dts = index * seg.ticks
+        else:
+            pts = ticks(packet.pts)
+            dts = ticks(packet.dts) if packet.dts is not None else pts
+        index += 1
+        packet.stream = target
+        packet.time_base = TIME_BASE
+        pts, dts = pts + placed.shift, dts + placed.shift
+        packet.pts, packet.dts = pts, dts
+        packet.duration = seg.ticks
+        out.mux(packet)
+        first = pts if first is None else min(first, pts)
+        end = max(end, pts + seg.ticks)
+    return index, first if first is not None else 0, end
+
+
+def measure(path: Path) -> tuple[int, int]:
+    """(frames, duration in 90 kHz ticks) of a written MP4, read back from the file."""
+    frames, first, end = 0, None, 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        ticks = _to_ticks(stream.time_base)
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            frames += 1
+            pts = ticks(packet.pts)
+            first = pts if first is None else min(first, pts)
+            end = max(end, ticks(packet.pts + (packet.duration or 0)))
+    return frames, end - (first or 0)
