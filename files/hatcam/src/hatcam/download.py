@@ -134,16 +134,9 @@ class Downloader:
         self.progress = progress
         self.jobs = jobs
 
-    def run(self, remotes: list[Remote]) -> list[Outcome]:
-        """Fetch every blob; outcomes in the order given. Ctrl-C keeps the .part files."""
-        batch = self.start(remotes)
-        try:
-            return batch.finish()
-        finally:
-            batch.close()
-
     def start(self, remotes: list[Remote]) -> Batch:
-        """Start fetching every blob, in the order given, and return at once."""
+        """Start fetching every blob, in the order given, and return at once. Ctrl-C
+        (then Batch.close) keeps the .part files for the next run to resume."""
         cached, todo = [], []
         for remote in remotes:
             info = self.cache.known_good(remote)
