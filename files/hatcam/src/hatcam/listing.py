@@ -107,8 +107,6 @@ def _recorded_info(meta: dict) -> dict | None:
         return None
     if info["frames"] < 1 or info["last_pts"] < info["first_pts"]:
         return None
-    spread = info["last_pts"] - info["first_pts"]
-    info["ticks"] = round(spread / (info["frames"] - 1)) if info["frames"] > 1 else None
     info["from_metadata"] = True  # not from the file: checked while stitching
     return info
 

@@ -36,7 +36,7 @@ def _to_ticks(time_base: Fraction):
 
 
 def inspect(path: Path, legacy: bool) -> dict:
-    """Frames, first/last PTS (90 kHz), frame interval and size of one segment file."""
+    """Frames, first/last PTS (90 kHz) and size of one segment file."""
     frames, first, last = 0, None, None
     try:
         with av.open(str(path), format="h264" if legacy else "mpegts") as container:
@@ -56,12 +56,10 @@ def inspect(path: Path, legacy: bool) -> dict:
         raise ValueError(f"{path.name}: not readable as video ({exc})") from None
     if frames == 0:
         raise ValueError(f"{path.name}: holds no video frame")
-    ticks = round((last - first) / (frames - 1)) if not legacy and frames > 1 else None
     return {
         "frames": frames,
         "first_pts": first,
         "last_pts": last,
-        "ticks": ticks,
         "width": width,
         "height": height,
     }
@@ -91,8 +89,10 @@ class Segment:
             ticks = round(CLOCK / legacy_fps)
             first, last = 0, (info["frames"] - 1) * ticks
         else:
-            ticks = info["ticks"] or round(CLOCK / 30)
-            first, last = info["first_pts"], info["last_pts"]
+            first, last, frames = info["first_pts"], info["last_pts"], info["frames"]
+            # One frame: the mean interval; a single frame is taken as 1/30 s.
+            ticks = round((last - first) / (frames - 1)) if frames > 1 else 0
+            ticks = ticks or round(CLOCK / 30)
         return cls(
             name,
             Path(path),
@@ -232,7 +232,7 @@ def plan(segments: list[Segment], max_gap: float) -> tuple[list[Run], list[Gap]]
 def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
     """Remux ``run`` into ``path`` (+faststart), check it, then move it into place.
 
-    The check counts each segment's frames and span against the plan; ``reread``
+    The check counts each segment's frames, and the file's span, against the plan; ``reread``
     also reads the written file back (slower; used before blobs are deleted).
     ``ready(segment)``, when given, is called before a segment's file is opened
     (fetch waits there for its download) and may raise to abandon the file.
