@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vpi"))
 from .lab import Lab  # noqa: E402
 from session import VPI, ProvisionedPi, run  # noqa: E402
 
-NAME, SUBNET = "faults", "10.213.10"
+# Overridable so that two fault suites can run side by side on one machine (development).
+NAME = os.environ.get("HATCAM_FAULTS_NAME", "faults")
+SUBNET = os.environ.get("HATCAM_FAULTS_SUBNET", "10.213.10")
 ACCOUNT = "hatcamfaults"
 FPS, SEGMENT_SECONDS = 10, 4
 SETTINGS = {
