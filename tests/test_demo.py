@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "tests" / "vpi" / "demo.py"
 STATE = ROOT / ".cache" / "demo" / "hostsvc.json"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the virtual Pi needs root")
+pytestmark = pytest.mark.root("the virtual Pi needs root")
 
 
 def demo(*args: str, timeout=1200) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from hatcam.spool import Spool
 
 from footage import start_hatcam, wait_until
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+pytestmark = pytest.mark.root("mounting a small tmpfs needs root")
 
 
 @pytest.fixture
