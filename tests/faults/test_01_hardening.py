@@ -1,5 +1,5 @@
-"""9. Hardening: systemd-analyze security exposure <= 3.0 for both units; the daemons run
-as hatcam, not root."""
+"""9. Hardening: systemd-analyze security rates both units 1.1 (the README's figure;
+up to 1.5 passes); the daemons run as hatcam, not root."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import pytest
 
 from .lab import UNITS
 
-EXPOSURE_RE = re.compile(r"Overall exposure level for (\S+): ([0-9.]+) (\S+)")
+EXPOSURE_RE = re.compile(r"Overall exposure level for (\S+): ([0-9]+\.[0-9]+) (\S+)")
+# The README says 1.1; 1.5 allows for systemd reweighting between versions, where the
+# old bound, 3.0, let a unit lose several protections unnoticed.
+EXPOSURE_MAX = 1.5
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_exposure_is_3_or_lower(lab, unit):
+def test_exposure_is_what_the_readme_says(lab, unit):
     out = lab.sh(f"systemd-analyze security --no-pager {unit}.service")
     match = EXPOSURE_RE.search(out)
-    assert match, f"no overall exposure line in:\n{out[-1500:]}"
+    assert match and match[1] == f"{unit}.service", f"no exposure figure in:\n{out[-1500:]}"
     exposure = float(match[2])
     lab.note("hardening", **{f"{unit} exposure": f"{exposure} {match[3]}"})
-    assert exposure <= 3.0, f"{unit}: exposure {exposure} ({match[3]})"
+    assert exposure <= EXPOSURE_MAX, f"{unit}: exposure {exposure} ({match[3]}), README: 1.1"
 
 
 @pytest.mark.parametrize("unit", UNITS)
