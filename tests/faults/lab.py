@@ -9,6 +9,13 @@ a power cut or a clock jump cannot fool the count); the camera's own journal lin
 ("segment ready", "recovered") must name the same ones. What was uploaded, lost and
 duplicated comes from the blob store, and every blob is downloaded, checked against
 its stored MD5 and decoded with PyAV.
+
+A daemon that exits is started again by systemd within seconds, and the spool and queue
+hide it: nothing is lost on the card. What shows it is the daemons' MainPID and systemd's
+NRestarts (taken when the window opens and when its fault is over, before the window's
+own stop) and the video itself: each start of the camera begins a new run of PTS, and
+the frames missing are counted from the decoded blobs across the whole window, not from
+the counter of whichever process happens to be running at the end.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class Segment:
     modified: datetime
     decoded: int = -1
     first_pts: int | None = None
+    last_pts: int | None = None
     md5_ok: bool = False
 
     @property
@@ -80,7 +88,13 @@ class Figures:
     bad_md5: list[str] = field(default_factory=list)
     decode_mismatch: list[str] = field(default_factory=list)
     gaps: list[tuple[int, int, float]] = field(default_factory=list)  # (seq a, seq b, frames)
+    # Runs of continuous PTS (one per start of the camera) and, between two runs, the
+    # time from the end of one to the start of the next (seq a, seq b, seconds).
     runs: int = 0
+    breaks: list[tuple[int, int, float]] = field(default_factory=list)
+    # Frames missing from the window's video: within a run, the frames the PTS span from
+    # its first to its last frame less those decoded; between runs, the break's frames.
+    frames_missing: int = 0
     notes: dict = field(default_factory=dict)
 
 
@@ -173,6 +187,16 @@ class Lab:
     def main_pids(self) -> dict[str, int]:
         return {u: int(self.show(u, "MainPID") or 0) for u in UNITS}
 
+    def processes(self) -> dict[str, tuple[int, int]]:
+        """(MainPID, NRestarts) of each daemon: a restart by systemd changes both, a
+        restart by hand (or by hatcam-recover@) at least the first."""
+        found = {}
+        for unit in UNITS:
+            out = self.sh(f"systemctl show -p MainPID -p NRestarts {unit}")
+            props = dict(line.split("=", 1) for line in out.split())
+            found[unit] = (int(props["MainPID"]), int(props["NRestarts"]))
+        return found
+
     def active(self, unit: str) -> bool:
         return self.show(unit, "ActiveState") == "active"
 
@@ -224,17 +248,19 @@ class Lab:
         segment.md5_ok = segment.md5_stored is not None and (
             hashlib.md5(data).digest() == bytes(segment.md5_stored)
         )
-        frames, first = 0, None
+        frames, first, last = 0, None, None
         try:
             with av.open(io.BytesIO(data), format="mpegts") as media:
                 stream = media.streams.video[0]
                 for packet in media.demux(stream):
-                    if first is None and packet.pts is not None:
-                        first = packet.pts
-                    frames += len(packet.decode())
+                    for frame in packet.decode():
+                        frames += 1
+                        if frame.pts is not None:
+                            first = frame.pts if first is None else min(first, frame.pts)
+                            last = frame.pts if last is None else max(last, frame.pts)
         except av.error.FFmpegError:
             pass  # counted: decoded stays below the recorded frames
-        segment.decoded, segment.first_pts = frames, first
+        segment.decoded, segment.first_pts, segment.last_pts = frames, first, last
         return segment
 
     def window(self, case: str) -> Window:
@@ -278,6 +304,10 @@ class Window:
         self.t0 = self.t1 = 0.0
         self.known: set[str] = set()
         self.segments: list[Segment] = []
+        # Each daemon's (MainPID, NRestarts) once the camera has started, and once the
+        # fault is over (just before close() stops the camera).
+        self.started: dict[str, tuple[int, int]] = {}
+        self.ended: dict[str, tuple[int, int]] = {}
 
     def open(self) -> Window:
         lab = self.lab
@@ -287,14 +317,53 @@ class Window:
         self.known = set(lab.blob_names())
         self.t0 = time.time()
         lab.systemctl("start", "hatcam-camera")
+        self.started = lab.processes()
         return self
 
     def close(self, drain_timeout: float = 240) -> None:
         lab = self.lab
+        self.ended = lab.processes()
         lab.systemctl("stop", "hatcam-camera")  # closes the open segment properly
         lab.wait_drained(drain_timeout)
         self.seq1 = lab.seq()
         self.t1 = time.time()
+
+    def restarts(self, units=UNITS) -> list[str]:
+        """The daemons that are not the processes the window started with (as of close(),
+        or of now before it), each with what systemd's journal says happened to it."""
+        now = self.ended or self.lab.processes()
+        found = []
+        for unit in units:
+            (pid0, n0), (pid1, n1) = self.started[unit], now[unit]
+            if (pid0, n0) != (pid1, n1):
+                said = [
+                    m
+                    for _, m in self.lab.journal(self.t0, units=(unit,))
+                    if "Main process exited" in m or "Scheduled restart" in m
+                ]
+                found.append(
+                    f"{unit}: MainPID {pid0} -> {pid1}, NRestarts {n0} -> {n1} "
+                    f"({'; '.join(said[:4]) or 'no exit in its journal'})"
+                )
+        return found
+
+    def assert_same_processes(self, units=UNITS) -> None:
+        restarted = self.restarts(units)
+        assert not restarted, f"a daemon was restarted during the fault: {restarted}"
+
+    def assert_one_run(self, figures: Figures) -> None:
+        """What an outage case claims beyond "nothing lost": the daemons rode it out. The
+        same processes from the window's start to the end of the fault, one run of PTS in
+        the video (the camera never started again) and no frame missing from it."""
+        self.assert_same_processes()
+        assert figures.runs == 1, (
+            f"the video is {figures.runs} runs (its PTS start again: the camera started "
+            f"again); breaks between runs (seq a, seq b, seconds): {figures.breaks}"
+        )
+        assert figures.frames_missing == 0 and not figures.gaps, (
+            f"{figures.frames_missing} frames missing from the video; "
+            f"holes (seq a, seq b, frames): {figures.gaps}"
+        )
 
     def new_segments(self) -> list[Segment]:
         blobs = self.lab.blobs()
@@ -321,14 +390,25 @@ class Window:
         outside = [s for s in segments if s.seq not in window]
         lost = [q for q in window if q not in by_seq]
         duplicated = sum(len(v) - 1 for v in by_seq.values()) + len(outside)
-        gaps, runs = [], 1 if segments else 0
+        # Frames missing, from the decoded video alone: within a run the PTS say how
+        # many frames there should be; between runs (PTS start again) the wall clock.
+        gaps, breaks, missing = [], [], 0
+        runs = 1 if segments else 0
         for a, b in zip(segments, segments[1:], strict=False):
-            if a.first_pts is None or b.first_pts is None or b.first_pts <= a.first_pts:
+            if a.last_pts is None or b.first_pts is None or b.first_pts <= a.last_pts:
                 runs += 1  # the daemon started again: its timestamps start again
+                seconds = (b.start - a.end).total_seconds()
+                breaks.append((a.seq, b.seq, round(seconds, 2)))
+                missing += max(0, round(seconds * lab.fps))
                 continue
-            gap = (b.first_pts - (a.first_pts + a.frames * lab.ticks)) / lab.ticks
+            gap = (b.first_pts - a.last_pts) / lab.ticks - 1
             if gap:
                 gaps.append((a.seq, b.seq, round(gap, 2)))
+        for segment in segments:
+            if segment.first_pts is not None:
+                span = (segment.last_pts - segment.first_pts) / lab.ticks + 1
+                missing += round(span) - segment.decoded
+        missing += round(sum(frames for _, _, frames in gaps))
         frames = sum(s.frames for s in segments)
         figures = Figures(
             case=self.case,
@@ -346,6 +426,8 @@ class Window:
             ],
             gaps=gaps,
             runs=runs,
+            breaks=breaks,
+            frames_missing=missing,
             notes=notes,
         )
         lab.record(figures)

@@ -1,6 +1,6 @@
 """1. Network cut: the guest's link is down for HATCAM_FAULTS_OUTAGE seconds (default 60,
 as the issue asks) while it records; every segment recorded meanwhile arrives afterwards,
-none lost, none twice, and the video has no hole."""
+none lost, none twice; neither daemon restarts and the video has no hole."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def test_network_cut(pi, lab):
     lab.wait_drained()
     window.close()
     figures = window.account(outage_s=round(restored - cut, 1), queued_at_end_of_outage=queued)
+    window.assert_one_run(figures)
     window.assert_complete(figures)
-    assert not figures.gaps, f"holes in the video (seq a, seq b, frames): {figures.gaps}"
     assert queued >= OUTAGE // 4 - 2, f"only {queued} segments queued during the outage"
     # At most the upload in flight when the link went down lands during the outage.
     assert len(during) <= 1, f"blobs landed while the link was down: {sorted(during)}"

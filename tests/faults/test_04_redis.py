@@ -1,5 +1,6 @@
-"""5. Redis down and back: the video is unaffected; stills resume; the ones taken during
-the outage are written once Redis is back, with what is left of their TTL.
+"""5. Redis down and back: the video is unaffected (the camera rides it out: same
+process, one run of PTS, no frame missing); stills resume; the ones taken during the
+outage are written once Redis is back, with what is left of their TTL.
 
 Redis here keeps no data on disk (save ""), so the test saves a snapshot before
 stopping it: the stills from before the outage come back with it, as they would from a
@@ -42,8 +43,6 @@ def test_redis_down_and_back(pi, lab):
     finally:
         pi.start_service("redis")
     up = time.time()
-    waiting = (camera.get("stills") or {}).get("buffered", 0)
-    assert waiting >= OUTAGE // INTERVAL - 2, f"stills waiting during the outage: {camera}"
 
     def caught_up():
         stored = stills(pi)
@@ -53,10 +52,13 @@ def test_redis_down_and_back(pi, lab):
     checked = time.time()
     window.close()
     figures = window.account(outage_s=round(up - down, 1))
+    # First: a camera that exits when Redis goes away is back within seconds (systemd),
+    # and everything below could pass for its successor.
+    window.assert_one_run(figures)
     window.assert_complete(figures)
-    assert not figures.gaps, f"the video has holes while Redis was down: {figures.gaps}"
-    camera_after = lab.state("camera")
-    assert camera_after.get("frames_dropped") == 0
+    waiting = (camera.get("stills") or {}).get("buffered", 0)
+    assert waiting >= OUTAGE // INTERVAL - 2, f"stills waiting during the outage: {camera}"
+    camera_after = lab.state("camera")  # the same process's, as checked above
 
     during = {k: v for k, v in stored.items() if down <= v["timestamp"] < up}
     expected = int((up - down) // INTERVAL)
@@ -73,5 +75,5 @@ def test_redis_down_and_back(pi, lab):
         stills_taken_during_outage=expected,
         stills_from_outage_in_redis=len(during),
         stills_dropped=stats.get("dropped"),
-        video_holes=len(figures.gaps),
+        video_frames_missing=figures.frames_missing,
     )

@@ -44,6 +44,10 @@ def test_clock_jump_backwards(pi, lab):
     window.close()
     figures = window.account(clock_offset_s=-offset)
     window.assert_complete(figures)
+    # Restarted twice on purpose, and only then: a crash on a reused time would show as a
+    # fourth run of PTS (the camera's MainPID changes by design here, the uploader's not).
+    assert figures.runs == 3, f"{figures.runs} runs of PTS, not 3: {figures.breaks}"
+    window.assert_same_processes(units=("hatcam-upload",))
     segments = window.segments
     names = [s.filename for s in segments]
     assert len(set(names)) == len(names) == figures.recorded

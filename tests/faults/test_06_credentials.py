@@ -52,10 +52,16 @@ def test_expired_sas_keeps_the_queue_and_a_good_one_drains_it(pi, lab, tmp_path)
         assert bad.returncode == 0, bad.stdout[-3000:]
         assert signature not in bad.stdout + bad.stderr, "the playbook printed the SAS"
         provisioned = time.time()
+        restarted_by_playbook = lab.processes()  # the new settings restart both daemons
         landed = set(lab.blob_names())
         lab.wait(lambda: lab.queued() >= 4, 90, "a queue of 4 segments behind the bad SAS")
         time.sleep(10)
         queued = lab.queued()
+        backed_off = lab.processes()
+        assert backed_off == restarted_by_playbook, (
+            f"a daemon restarted behind the bad SAS (MainPID, NRestarts): "
+            f"{restarted_by_playbook} -> {backed_off}"
+        )
         assert set(lab.blob_names()) == landed, "a segment landed with an expired SAS"
         lines = lab.journal(provisioned, units=("hatcam-upload",))
         uploader = lab.state("uploader")
