@@ -12,12 +12,10 @@ import uuid
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from hatcam import config
 from hatcam.naming import SegmentName
-from hatcam.spool import Spool
-from hatcam.uploader import Uploader
 
 from footage import record, start_hatcam, wait_until
+from http_proxy import HttpProxy
 from services import Azurite
 
 
@@ -56,11 +54,17 @@ def drained(spool, timeout=30):
     wait_until(lambda: not spool.ready_segments(), timeout, "the spool to drain")
 
 
-def account(azurite, container_name) -> dict:
+def account(azurite, container_name, proxy=None) -> dict:
+    connection = azurite.connection_string()
     return {
-        "BLOB_CONNECTION_STRING": azurite.connection_string(),
+        "BLOB_CONNECTION_STRING": through(connection, proxy) if proxy else connection,
         "HATCAM_BLOB_CONTAINER": container_name,
     }
+
+
+def through(url: str, proxy: HttpProxy) -> str:
+    """A connection string or SAS URL that reaches Azurite by way of the proxy."""
+    return url.replace(f"{proxy.upstream[0]}:{proxy.upstream[1]}/", f"{proxy.host}:{proxy.port}/")
 
 
 def assert_landed_exactly_once(client, expected):
@@ -116,41 +120,87 @@ def test_blob_store_down_then_back_every_segment_lands_once(tmp_path, container_
 def test_uploader_killed_mid_upload_loses_nothing_and_duplicates_nothing(
     tmp_path, azurite, container_name
 ):
+    """SIGKILL inside a request, seen from outside by a proxy in front of Azurite: while
+    the body is on its way, and while the answer is on its way back (the blob landed,
+    the file is still queued). Every segment lands once."""
+    azurite.container(container_name)
     spool, expected = queued(tmp_path, segments=60)
-    settings = settings_for(spool, **account(azurite, container_name))
-    for _ in range(5):  # SIGKILL right after an upload, likely while sending the next
-        left = len(spool.ready_segments())
-        proc = start_hatcam("upload", settings=settings, log=tmp_path / "upload.log")
-        wait_until(lambda n=left: len(spool.ready_segments()) < n, 30, "an upload", poll=0.005)
-        proc.kill()
-        proc.wait()
-    assert spool.ready_segments(), "the test must kill it before the queue is empty"
-    with uploader_running(spool, tmp_path / "upload.log", **account(azurite, container_name)):
-        drained(spool, 60)
+    log = tmp_path / "upload.log"
+    with HttpProxy(azurite.port) as proxy:
+        settings = settings_for(spool, **account(azurite, container_name, proxy))
+        # Slow enough that a kill lands inside a request: about 0.4 s per body, and
+        # each answer held 0.5 s before it goes back.
+        proxy.body_rate, proxy.hold = 100_000, 0.5
+        killed = []  # (stage, body bytes arrived, body length) at the uploader's death
+        for stage in ("body", "reply held") * 3:
+            before = len(proxy.puts())
+            proc = start_hatcam("upload", settings=settings, log=log)
+
+            def inside(before=before, stage=stage):
+                """A request at this stage, after one upload of this process went through."""
+                mine = proxy.puts()[before:]
+                return any(put.stage == "answered" for put in mine) and any(
+                    put.stage == stage and put.received for put in mine
+                )
+
+            wait_until(inside, 30, f"a request at the stage '{stage}'", poll=0.005)
+            [put] = [put for put in proxy.puts()[before:] if not put.over]
+            proc.kill()
+            proc.wait()
+            killed.append((put.stage, put.received, put.length))
+            wait_until(lambda: all(put.over for put in proxy.puts()), 10, "the proxy to see it")
+        assert spool.ready_segments(), "the test must kill it before the queue is empty"
+        assert all(arrived < length for stage, arrived, length in killed[::2]), killed
+        assert all(stage in ("reply held", "reply lost") for stage, _, _ in killed[1::2]), killed
+        # The rest of a body the dead process had handed to its kernel still arrives:
+        # every killed request reached Azurite whole, and its answer found no one.
+        cut, lost = proxy.ended("cut mid-body"), proxy.ended("reply lost")
+        assert (len(cut), len(lost)) == (0, 6), "each kill landed inside a request"
+        assert all(put.status == 201 for put in lost), "those blobs landed"
+        proxy.body_rate, proxy.hold = None, 0.0
+        with uploader_running(spool, log, **account(azurite, container_name, proxy)):
+            drained(spool, 60)
     assert_landed_exactly_once(azurite.container(container_name), expected)
+    # Each blob whose answer was lost is offered again and refused as already there, once.
+    refused = [put for put in proxy.puts() if put.status == 409]
+    assert sorted(put.path for put in refused) == sorted(put.path for put in lost)
+    assert "damaged" not in log.read_text()
 
 
 @pytest.mark.parametrize("credential", ["connection string", "create-only SAS"])
 def test_a_lost_reply_is_not_an_error_and_not_a_loop(tmp_path, azurite, container_name, credential):
+    """The first Put Blob lands but its answer never comes back: the same bytes are sent
+    again, the service answers 409 (or 403 to a create-only SAS, which may not replace),
+    and that counts as uploaded: no error, no damaged copy, no retry loop."""
+    azurite.container(container_name)
     spool, expected = queued(tmp_path, segments=2)
-    first = spool.ready_segments()[0]
-    if credential == "connection string":
-        env = settings_for(spool, **account(azurite, container_name))
-    else:  # the service answers 403 (not 409) when a create-only SAS meets an existing blob
-        azurite.container(container_name)
-        env = settings_for(spool, HATCAM_BLOB_SAS_URL=azurite.sas_url(container_name, "c"))
-    settings = config.parse({k: str(v) for k, v in env.items()})
-    uploader = Uploader(settings, Spool(spool.root))
-    assert uploader.upload(first)
-    # The blob landed but the reply was lost: the file is back in the queue.
-    spool.ready.joinpath(first.name).write_bytes(b"")  # any content: the name decides
-    (spool.ready / first.with_suffix(".json").name).write_text(
-        json.dumps(expected[next(iter(expected))][1])
-    )
-    for segment in spool.ready_segments():
-        assert uploader.upload(segment)
-    assert uploader.already_there == 1 and not spool.ready_segments()
+    first = SegmentName.parse(spool.ready_segments()[0].name).blob_name("cam1")
+    log = tmp_path / "upload.log"
+    with HttpProxy(azurite.port) as proxy:
+        proxy.lose_replies = 1
+        if credential == "connection string":
+            env = account(azurite, container_name, proxy)
+        else:
+            env = {"HATCAM_BLOB_SAS_URL": through(azurite.sas_url(container_name, "c"), proxy)}
+        with uploader_running(spool, log, **env):
+            drained(spool)
     assert_landed_exactly_once(azurite.container(container_name), expected)
+    sent = [put for put in proxy.puts() if put.path.split("?")[0].endswith("/" + first)]
+    refusal = 409 if credential == "connection string" else 403
+    assert [(put.stage, put.status) for put in sent] == [
+        ("reply dropped", 201),
+        ("answered", refusal),
+    ], "the answer was lost once, then the service said it has the blob"
+    assert sent[0].md5 == sent[1].md5 == expected[first][0], "the same bytes, offered again"
+    blob = azurite.container(container_name).get_blob_client(first).get_blob_properties()
+    assert blob.etag == sent[0].etag, "the blob written by the lost request, never replaced"
+    assert "damaged" not in blob.metadata
+    text = log.read_text()
+    assert "damaged" not in text and " ERROR " not in text, text
+    assert text.count(f"{first} was already in the blob store") == 1
+    state = json.loads((spool.state / "uploader.json").read_text())
+    assert state["already_there"] == 1 and state["last_error"] is None
+    assert not spool.ready_segments()
 
 
 def test_create_only_sas_uploads_but_cannot_list_read_or_delete(tmp_path, azurite, container_name):
