@@ -25,7 +25,7 @@ from pathlib import Path
 import av
 
 from .naming import SegmentName, boot_id, iso
-from .spool import Spool
+from .spool import Spool, fsync_dir
 
 log = logging.getLogger("hatcam.segmenter")
 
@@ -87,6 +87,9 @@ class SegmentFile:
         self.path = path
         self.name = name
         self.fh = open(path, "wb")  # noqa: SIM115 - closed in close(), outlives this call
+        # The new name goes to the card too: without it, a power cut loses the whole open
+        # segment however often its bytes were synced.
+        fsync_dir(path.parent)
         self.writer = _HashingWriter(self.fh)
         self.container = av.open(
             self.writer, "w", format="mpegts", container_options={"flush_packets": "1"}

@@ -53,8 +53,13 @@ class Spool:
         self._seq_lock = threading.Lock()
 
     def ensure(self) -> Spool:
-        for path in (self.recording, self.ready, self.state):
-            path.mkdir(parents=True, exist_ok=True)
+        """Make the spool's directories. Each new one is synced into its parent: a name is
+        on the card only once its directory is, and a power cut on a fresh card must not
+        take the directories, with every segment synced into them, away."""
+        for path in (self.root, self.recording, self.ready, self.state):
+            if not path.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                fsync_dir(path.parent)
         return self
 
     def next_seq(self) -> int:
