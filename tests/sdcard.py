@@ -27,6 +27,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -98,15 +99,34 @@ class SdCard:
             raise RuntimeError(f"SD card: {reply['error']}")
         return reply
 
-    def power_cut(self) -> None:
+    def power_cut(self) -> int:
         """The power goes and comes back: every file holds its last synced bytes, every
-        directory its last synced entries; open files are gone (EIO to whoever held one)."""
-        self.request("power_cut")
+        directory its last synced entries; open files are gone (EIO to whoever held one).
+        Returns how many bytes the cut took (written, never synced)."""
+        return self.request("power_cut")["lost_bytes"]
 
     def stall(self, what: str, seconds: float, count: int | None = None) -> None:
         """From now on each ``what`` ("write" or "sync": fsync, fdatasync, a directory's
         fsync) takes ``seconds`` longer; only the next ``count`` when given. 0 ends it."""
         self.request("stall", what=what, seconds=seconds, count=count)
+
+    def fill(self, source: Path) -> None:
+        """Copy a directory tree onto the card with its owners and modes, every file and
+        directory synced: a card that has been in use before the test."""
+        for folder, _, files in os.walk(source):
+            relative = Path(folder).relative_to(source)
+            target = self.path / relative
+            if relative != Path("."):
+                target.mkdir()
+            for name in files:
+                with open(Path(folder, name), "rb") as src, open(target / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                _same_owner_and_mode(Path(folder, name), target / name)
+            _same_owner_and_mode(Path(folder), target)
+        for folder, _, _ in os.walk(self.path):
+            _sync_dir(Path(folder))
 
     def stats(self) -> dict:
         """How many writes and syncs the card has seen (of files, of directories)."""
@@ -131,6 +151,20 @@ class SdCard:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _same_owner_and_mode(source: Path, target: Path) -> None:
+    info = source.stat()
+    os.chown(target, info.st_uid, info.st_gid)
+    os.chmod(target, stat.S_IMODE(info.st_mode))
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # The card's side: runs in its own process, imports the FUSE binding only there.
@@ -252,9 +286,31 @@ def _make_operations(mfusepy, owner: tuple[int, int], mode: int, capacity: int):
                     self.stalls[request["what"]] = (float(request["seconds"]), request["count"])
                     return {"ok": True}
                 if op == "power_cut":
+                    lost = self._unsynced()
                     self._power_cut()
-                    return {"ok": True}
+                    return {"lost_bytes": lost}
             return {"error": f"unknown request {op!r}"}
+
+        def _files(self, durable: bool) -> dict[int, _Node]:
+            found, todo = {}, [self.root]
+            while todo:
+                node = todo.pop()
+                if node.ino in found:
+                    continue
+                found[node.ino] = node
+                todo.extend((node.durable_entries if durable else node.entries).values())
+            return {ino: node for ino, node in found.items() if not node.is_dir}
+
+        def _unsynced(self) -> int:
+            """Bytes a cut would take: a file's tail written since its last sync (all of
+            it where the sync is not a prefix of it, or where its name is not synced)."""
+            kept = self._files(durable=True)
+            lost = 0
+            for ino, node in self._files(durable=False).items():
+                synced = node.durable if ino in kept else b""
+                appended = node.data[: len(synced)] == synced
+                lost += len(node.data) - len(synced) if appended else len(node.data)
+            return lost
 
         def _power_cut(self) -> None:
             self.handles.clear()

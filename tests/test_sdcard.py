@@ -39,7 +39,7 @@ def test_a_power_cut_loses_the_bytes_written_since_the_last_sync(card):
     sync_dir(card.path)
     assert kept.read_bytes() == b"synced written, never synced", "reads see what was written"
 
-    card.power_cut()
+    assert card.power_cut() == len(b"written, never synced") + len(b"never synced")
 
     assert kept.read_bytes() == b"synced "
     assert lost.read_bytes() == b"", "a file never synced is empty, as on ext4"
@@ -77,6 +77,23 @@ def test_a_new_name_survives_only_once_its_directory_is_synced(card):
     assert sorted(p.name for p in card.path.iterdir()) == ["named", "ready"]
     assert (card.path / "named").read_bytes() == b"data"
     assert not list((card.path / "ready").iterdir()), "an unsynced rename did not happen"
+
+
+def test_a_card_filled_from_a_directory_keeps_all_of_it_through_a_power_cut(card, tmp_path):
+    source = tmp_path / "spool"
+    (source / "ready").mkdir(parents=True)
+    (source / "ready" / "a.ts").write_bytes(b"G" * 1000)
+    (source / "seq").write_bytes(b"7")
+    os.chmod(source / "seq", 0o640)
+    os.chown(source / "ready", 1234, 5678)
+    card.fill(source)
+
+    assert card.power_cut() == 0
+    assert (card.path / "ready" / "a.ts").read_bytes() == b"G" * 1000
+    assert (card.path / "seq").read_bytes() == b"7"
+    assert (card.path / "seq").stat().st_mode & 0o777 == 0o640
+    owner = (card.path / "ready").stat()
+    assert (owner.st_uid, owner.st_gid) == (1234, 5678)
 
 
 def test_a_file_held_open_across_a_power_cut_is_gone_for_its_holder(card):
