@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import itertools
 import json
 import os
 import pty
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +29,8 @@ from hatcam.camera.synthetic import SyntheticCamera
 from hatcam.segmenter import Segmenter
 from hatcam.spool import Spool
 from hatcam.uploader import Uploader
+
+from http_proxy import HttpProxy
 
 W, H, FPS, SEG = 320, 240, 30, 2.0
 DAY = datetime(2026, 11, 21, tzinfo=UTC)
@@ -567,3 +571,219 @@ def test_a_terminal_gets_a_progress_bar_and_a_pipe_gets_plain_lines(azurite, con
     assert "━" not in piped.stdout and "\x1b[" not in piped.stdout
     assert "downloading 2 segment(s)" in piped.stdout
     assert "downloaded 2/2 segment(s)" in piped.stdout
+
+
+# --- README promises: remux, local time, --max-gap, --jobs, exit status ----------------
+
+
+def nal_units(packet: bytes, length_size: int | None) -> list[bytes]:
+    """A packet's H.264 NAL units, without their framing: Annex B start codes (MPEG-TS)
+    or ``length_size``-byte lengths (MP4). The trailing zeros a 4-byte start code leaves
+    on the unit before it are not the unit's (a NAL unit never ends in a zero byte)."""
+    if length_size is None:
+        return [u.rstrip(b"\0") for u in packet.split(b"\0\0\1") if u.rstrip(b"\0")]
+    units, at = [], 0
+    while at < len(packet):
+        size = int.from_bytes(packet[at : at + length_size], "big")
+        units.append(packet[at + length_size : at + length_size + size])
+        at += length_size + size
+    return units
+
+
+def h264_packets(source, fmt: str) -> list[list[bytes]]:
+    """Every video packet of a file (path or bytes), as its list of NAL units."""
+    source = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    with av.open(source, format=fmt) as container:
+        stream = container.streams.video[0]
+        extra = stream.codec_context.extradata
+        # avcC (MP4) names the length size in its fifth byte; Annex B has no extradata
+        # of that shape (it starts with a start code).
+        length_size = (extra[4] & 3) + 1 if fmt == "mp4" else None
+        return [nal_units(bytes(p), length_size) for p in container.demux(stream) if p.size]
+
+
+def test_the_mp4_holds_the_segments_h264_byte_for_byte(azurite, container, tmp_path, capsys):
+    """ "remuxed (never re-encoded)": every NAL unit the camera encoded is in the MP4 as it
+    was uploaded, in order, and nothing else is."""
+    name, client = container
+    names = upload(azurite, name, record(tmp_path / "s", "dev1", T0, 4 * 60))
+    env, out = conn_env(tmp_path, azurite, name), tmp_path / "footage"
+
+    status, report, _ = fetch(capsys, env, out, "--device", "dev1")
+
+    assert status == 0, report
+    [mp4] = mp4s(out)
+    uploaded = [
+        units
+        for blob in names
+        for units in h264_packets(client.download_blob(blob).readall(), "mpegts")
+    ]
+    written = h264_packets(mp4, "mp4")
+    assert len(written) == len(uploaded) == 240
+    for index, (mine, theirs) in enumerate(zip(written, uploaded, strict=True)):
+        assert mine == theirs, f"frame {index} differs from the uploaded segment's"
+
+
+def run_fetch_cli(env: Path, out: Path, *args: str, tz: str) -> subprocess.CompletedProcess:
+    """``hatcam fetch`` in its own process, with the time zone ``tz`` (TZ is read once)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HATCAM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "hatcam.cli", "--env-file", str(env), "fetch", "--out", str(out)]
+        + list(args),
+        capture_output=True,
+        text=True,
+        env={**clean, "TZ": tz},
+        timeout=120,
+    )
+
+
+def test_since_and_until_are_local_time_unless_they_carry_an_offset(azurite, container, tmp_path):
+    name, _ = container
+    # Three recordings, 08:00Z, 14:00Z and 16:00Z on 21 November: in Tokyo (UTC+9, no
+    # summer time) 17:00 and 23:00 on the 21st, and 01:00 on the 22nd.
+    for hour in (8, 14, 16):
+        upload(azurite, name, record(tmp_path / f"s{hour}", "dev1", DAY.replace(hour=hour), 120))
+    env = conn_env(tmp_path, azurite, name)
+
+    def fetched(out: str, *args: str) -> list[str]:
+        done = run_fetch_cli(env, tmp_path / out, "--device", "dev1", *args, tz="Asia/Tokyo")
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [p.name for p in mp4s(tmp_path / out)]
+
+    # 16:30 to 23:30 Tokyo time is 07:30Z to 14:30Z (read as UTC it would hold none).
+    assert fetched("local", "--since", "2026-11-21T16:30", "--until", "2026-11-21T23:30") == [
+        "dev1_20261121T080000Z.mp4",
+        "dev1_20261121T140000Z.mp4",
+    ]
+    # With an offset the zone does not matter: 15:30Z to 17:00Z.
+    assert fetched(
+        "offset", "--since", "2026-11-21T15:30Z", "--until", "2026-11-21T18:00+01:00"
+    ) == ["dev1_20261121T160000Z.mp4"]
+    # A date is a local day: the 22nd in Tokyo began at 15:00Z on the 21st.
+    assert fetched("day", "--since", "2026-11-22", "--until", "2026-11-22") == [
+        "dev1_20261121T160000Z.mp4"
+    ]
+
+
+def test_max_gap_splits_at_a_longer_gap_and_keeps_a_shorter_one(
+    azurite, container, tmp_path, capsys
+):
+    name, _ = container
+    # 6 s of footage, the camera off for exactly 10 s, 6 s more.
+    upload(azurite, name, record(tmp_path / "a", "dev1", T0, 3 * 60))
+    upload(azurite, name, record(tmp_path / "b", "dev1", T0 + timedelta(seconds=16), 3 * 60))
+    env = conn_env(tmp_path, azurite, name)
+
+    status, report, _ = fetch(capsys, env, tmp_path / "long", "--max-gap", "11")
+
+    assert status == 0, report
+    [mp4] = mp4s(tmp_path / "long")
+    frames, duration, _ = decode(mp4)
+    assert (frames, duration) == (360, pytest.approx(22.0, abs=1 / FPS))  # the gap held
+    assert "gap kept in the file: " in report and "for 10.00s" in report
+
+    status, report, _ = fetch(capsys, env, tmp_path / "short", "--max-gap", "9")
+
+    assert status == 0, report
+    assert [p.name for p in mp4s(tmp_path / "short")] == [
+        "dev1_20261121T080000Z.mp4",
+        "dev1_20261121T080016Z.mp4",
+    ]
+    assert [decode(p)[0] for p in mp4s(tmp_path / "short")] == [180, 180]
+    assert "gap, new file: " in report and "for 10.00s" in report
+
+
+class WatchingProxy(HttpProxy):
+    """In front of Azurite: counts blob downloads in flight at once; runs
+    ``before_download(path)``, then holds the request ``hold`` seconds, before passing
+    one on."""
+
+    def __init__(self, upstream_port: int, before_download=None, hold: float = 1.0):
+        super().__init__(upstream_port)
+        self.before_download = before_download
+        self.hold_download = hold
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.downloads = 0
+
+    def _exchange(self, client, upstream, head: bytes, pending: bytes) -> bool:
+        method, path = head.split(b" ", 2)[:2]
+        download = method == b"GET" and b"comp=" not in path and b"restype=" not in path
+        if not download:
+            return super()._exchange(client, upstream, head, pending)
+        with self.lock:
+            self.downloads += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.before_download:
+                self.before_download(path.decode())
+            time.sleep(self.hold_download)  # long enough for every worker to be under way
+            return super()._exchange(client, upstream, head, pending)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def proxied_env(tmp_path, azurite, name, proxy: HttpProxy) -> Path:
+    through = azurite.connection_string().replace(f":{azurite.port}/", f":{proxy.port}/")
+    return write_env(tmp_path, BLOB_CONNECTION_STRING=through, HATCAM_BLOB_CONTAINER=name)
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_jobs_n_downloads_n_blobs_at_once(azurite, container, tmp_path, capsys, jobs):
+    name, _ = container
+    upload(azurite, name, record(tmp_path / "s", "dev1", T0, 8 * 60))  # 8 blobs
+
+    with WatchingProxy(azurite.port) as proxy:
+        env = proxied_env(tmp_path, azurite, name, proxy)
+        status, report, _ = fetch(capsys, env, tmp_path / "out", "--jobs", str(jobs))
+
+    assert status == 0, report
+    assert proxy.downloads == 8
+    assert proxy.most_in_flight == jobs, f"{proxy.most_in_flight} downloads at once"
+    assert decode(mp4s(tmp_path / "out")[0])[0] == 480
+
+
+def test_a_failed_download_exits_non_zero_naming_each_blob(azurite, container, tmp_path, capsys):
+    name, client = container
+    names = upload(azurite, name, record(tmp_path / "s", "dev1", T0, 6 * 60))
+    vanishing = [names[1], names[4]]
+
+    def before_download(path: str) -> None:
+        # Listed, then deleted by someone else (another --delete-after) before it arrived.
+        blob = path.split("?")[0].split(f"/{name}/", 1)[1]
+        if blob in vanishing and client.get_blob_client(blob).exists():
+            client.delete_blob(blob)
+
+    with WatchingProxy(azurite.port, before_download, hold=0) as proxy:
+        env = proxied_env(tmp_path, azurite, name, proxy)
+        status, report, err = fetch(capsys, env, tmp_path / "out", "--device", "dev1")
+
+    assert status == 1, report
+    problems = report.split("\nproblems:\n", 1)[1].splitlines()
+    assert len(problems) == 2, report
+    for blob, line in zip(vanishing, problems, strict=True):
+        assert line.startswith(f"  {blob}: ") and line.endswith("; not stitched"), line
+    assert "2 FAILED" in report and "2 problem(s)" in err
+    assert sum(decode(p)[0] for p in mp4s(tmp_path / "out")) == 4 * 60  # the rest is there
+
+
+def test_an_mp4_that_cannot_be_written_exits_non_zero_naming_it(
+    azurite, container, tmp_path, capsys
+):
+    name, _ = container
+    upload(azurite, name, record(tmp_path / "a", "dev1", T0, 2 * 60))
+    upload(azurite, name, record(tmp_path / "b", "dev2", T0, 2 * 60))
+    env, out = conn_env(tmp_path, azurite, name), tmp_path / "footage"
+    # Something in the way of both files (a directory: refused even to root).
+    for device in ("dev1", "dev2"):
+        (out / f"{device}_20261121T080000Z.mp4").mkdir(parents=True)
+
+    status, report, err = fetch(capsys, env, out)
+
+    assert status == 1, report
+    for device in ("dev1", "dev2"):
+        assert f"{device}_20261121T080000Z.mp4: could not be written" in report
+        assert f"{device}_20261121T080000Z.mp4  [NOT WRITTEN]" in report
+    assert "2 problem(s)" in err
