@@ -226,8 +226,11 @@ class ProvisionedPi:
         Killing nspawn alone leaves the guest's systemd and every daemon running,
         orphaned; killing PID 1 of the guest's PID namespace makes the kernel kill every
         process in it at the same moment, with no shutdown. The supervisor sees a status
-        other than 133 and exits. Returns the time of the kill (time.time()). Unlike a real
-        power cut, the host's page cache keeps what the guest wrote but had not synced."""
+        other than 133 and exits. Returns the time of the kill (time.time()).
+
+        The overlay is no SD card: the host's page cache keeps what the guest wrote but
+        had not synced. A test SD card mounted in the guest (tests/sdcard.py) loses it
+        when its own power_cut() follows this one, as a real card would."""
         import vpi
 
         state = vpi.load_state(self.name)
@@ -273,7 +276,9 @@ class ProvisionedPi:
 
     def boot_again(self, timeout: float = 120) -> None:
         """Power on again after power_cut(): a new supervisor boots nspawn on the same
-        overlay (the upper dir, the SD card, survived) the way `vpi.py up` does."""
+        overlay (the upper dir, the SD card, survived) the way `vpi.py up` does. nspawn
+        binds the guest's root with the mounts under it: a test SD card mounted on the
+        host under ``merged`` meanwhile is there in the guest."""
         import vpi
 
         state = vpi.load_state(self.name)
