@@ -47,14 +47,15 @@ def watch_stills(client, seconds, seen=None) -> dict:
     first seen (polled often, so even a still with one second left is caught)."""
     seen = {} if seen is None else seen
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while True:
         for key in client.keys("image:*"):
             if key not in seen:
                 fields, pttl = client.hgetall(key), client.pttl(key)
                 if fields:
                     seen[key] = (fields, pttl, time.time())
+        if time.monotonic() >= deadline:
+            return seen
         time.sleep(0.05)
-    return seen
 
 
 def captured(seen: dict) -> list[float]:
@@ -169,6 +170,7 @@ def test_a_still_whose_ttl_ran_out_during_the_outage_is_not_written(redis_server
         seen = watch_stills(client, 3)
     finally:
         publisher.stop()
+    watch_stills(client, 0, seen)  # one written while it was stopping
     assert_one_transaction_per_still(client, len(seen))  # every still written was seen
     for fields, pttl, when in seen.values():
         assert_expires_with_its_capture(pttl, when, fields, expiry)
@@ -221,8 +223,8 @@ def test_the_schedule_does_not_drift(redis_server):
     stamps = captured(seen)
     # Each still's slot: whole intervals since the first (a slot skipped under load
     # stays a slot); a loop that sleeps after each capture is 0.3 s off at the second
-    # still, and off by more than 0.2 s at most of the others.
+    # still, and off by more than 0.25 s at most of the others.
     slots = [round(stamp - stamps[0]) for stamp in stamps]
     assert len(set(slots)) == len(slots) >= 10, stamps
     off = [stamp - stamps[0] - slot for stamp, slot in zip(stamps, slots, strict=True)]
-    assert max(abs(o) for o in off) < 0.2, [round(o, 2) for o in off]
+    assert max(abs(o) for o in off) < 0.25, [round(o, 2) for o in off]

@@ -152,10 +152,11 @@ def test_uploader_killed_mid_upload_loses_nothing_and_duplicates_nothing(
         assert spool.ready_segments(), "the test must kill it before the queue is empty"
         assert all(arrived < length for stage, arrived, length in killed[::2]), killed
         assert all(stage in ("reply held", "reply lost") for stage, _, _ in killed[1::2]), killed
-        # The rest of a body the dead process had handed to its kernel still arrives:
-        # every killed request reached Azurite whole, and its answer found no one.
+        # Each kill left a request unfinished: a body cut short, or (mostly: the rest of
+        # a body the dead process had handed to its kernel still arrives) an answer that
+        # found no one, for a blob that had landed.
         cut, lost = proxy.ended("cut mid-body"), proxy.ended("reply lost")
-        assert (len(cut), len(lost)) == (0, 6), "each kill landed inside a request"
+        assert len(cut) + len(lost) == 6 and len(lost) >= 3, "each kill landed inside a request"
         assert all(put.status == 201 for put in lost), "those blobs landed"
         proxy.body_rate, proxy.hold = None, 0.0
         with uploader_running(spool, log, **account(azurite, container_name, proxy)):
