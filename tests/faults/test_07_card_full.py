@@ -113,7 +113,7 @@ def test_pause_pauses_and_resumes_by_itself(pi, lab, small_card):
     )
     assert final["frames_dropped"] >= not_recorded[0] > 0, (final, not_recorded)
     assert free_paused < FLOOR_MB + 0.6
-    lab.note("card full: pause", hole_frames=hole, hole_s=round(hole / lab.fps, 1))
+    lab.note("card full: pause", hole_frames=round(hole), hole_s=round(hole / lab.fps, 1))
 
 
 def test_drop_oldest_drops_the_oldest_unsent_each_logged(pi, lab, small_card):
