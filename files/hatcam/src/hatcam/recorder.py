@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 
@@ -13,6 +14,22 @@ from .status import StateFile
 log = logging.getLogger("hatcam.camera")
 
 STATE_EVERY = 2.0  # seconds between state file updates
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_large_buffers_when_freed() -> None:
+    """Buffers of 128 KiB and more are mmapped and go back to the system when freed.
+
+    glibc otherwise raises that threshold to the largest buffer freed so far (a JPEG
+    encoder's 11 MB packet buffer at 720p), and from then on such buffers come from
+    per-thread heaps, which keep up to twice that size of freed memory each: the
+    daemon's RSS grew by 10-20 MB over a minute of stills. Not glibc: nothing to do.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 class Recorder:
@@ -39,6 +56,7 @@ class Recorder:
 
     def run(self) -> int:
         s = self.settings
+        return_large_buffers_when_freed()  # before any thread starts
         self.camera = open_camera(s)
         self.spool.ensure()
         recover(self.spool, s.device, s.fps)  # what a crash or power cut left behind

@@ -30,7 +30,7 @@ class SyntheticCamera:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._latest: bytes | None = None  # the newest luma plane, for stills
+        self._latest: int | None = None  # the newest frame's index, for stills
         self.frames_sent = 0
         self.failed: BaseException | None = None
         # Luma ramp, chroma flat: cheap to make, easy to see motion and seams in. Plain
@@ -56,22 +56,34 @@ class SyntheticCamera:
         enc.open()
         return enc
 
-    def _picture(self, index: int) -> bytes:
+    def _picture(self, index: int, luma: bytearray | None = None) -> bytearray:
         """The luma plane of frame ``index``: a bar moving across the ramp, and the frame
-        counter as a column of bits, so seams are visible frame by frame."""
+        counter as a column of bits, so seams are visible frame by frame. Drawn into
+        ``luma`` if given: the camera thread reuses one buffer, so no frame costs the
+        allocator a fresh megabyte."""
+        size = self.width * self.height
+        luma = bytearray(size) if luma is None else luma
         x = (index * 8) % (self.width - BAR)
-        row = self._ramp[:x] + b"\xeb" * BAR + self._ramp[x + BAR :]
-        luma = bytearray(row * self.height)
+        view = memoryview(luma)
+        view[: self.width] = self._ramp[:x] + b"\xeb" * BAR + self._ramp[x + BAR :]
+        filled = self.width
+        while filled < size:  # the first row, doubled until the plane is full
+            step = min(filled, size - filled)
+            view[filled : filled + step] = view[:step]
+            filled += step
         for bit in range(16):
             y0 = 8 + bit * 8
             if y0 + 8 <= self.height:
                 mark = (b"\xeb" if index >> bit & 1 else b"\x10") * 6
                 for y in range(y0, y0 + 6):
                     luma[y * self.width + 8 : y * self.width + 14] = mark
-        return bytes(luma)
+        return luma
 
-    def _frame(self, luma: bytes, format: str) -> av.VideoFrame:
-        frame = av.VideoFrame(self.width, self.height, format)
+    def _frame(self, luma: bytearray, format: str, frame=None) -> av.VideoFrame:
+        """``luma`` in a frame with flat chroma; into ``frame`` if given (libx264 copies
+        its input while encoding, so the camera thread refills one frame)."""
+        reuse = frame is not None
+        frame = frame if reuse else av.VideoFrame(self.width, self.height, format)
         y, u, v = frame.planes
         if y.line_size == y.width:
             y.update(luma)
@@ -80,9 +92,11 @@ class SyntheticCamera:
             for row in range(y.height):
                 at, src = row * y.line_size, row * y.width
                 padded[at : at + y.width] = luma[src : src + y.width]
-            y.update(bytes(padded))
-        for chroma in (u, v):
-            chroma.update(b"\x80" * chroma.buffer_size)
+            y.update(padded)
+        if not reuse:
+            grey = b"\x80" * u.buffer_size
+            u.update(grey)
+            v.update(grey)
         return frame
 
     def start(self, output) -> None:
@@ -97,6 +111,8 @@ class SyntheticCamera:
             start = time.monotonic_ns() // 1000
             interval = 1_000_000 / self.fps
             index = 0
+            luma = bytearray(self.width * self.height)
+            frame = None
             while not self._stop.is_set():
                 if self.max_frames is not None and index >= self.max_frames:
                     break
@@ -105,10 +121,9 @@ class SyntheticCamera:
                     delay = (due - time.monotonic_ns() // 1000) / 1e6
                     if delay > 0 and self._stop.wait(delay):
                         break
-                picture = self._picture(index)
                 with self._lock:
-                    self._latest = picture
-                frame = self._frame(picture, "yuv420p")
+                    self._latest = index
+                frame = self._frame(self._picture(index, luma), "yuv420p", frame)
                 frame.pts = due
                 for packet in enc.encode(frame):
                     output.outputframe(bytes(packet), packet.is_keyframe, packet.pts)
@@ -129,13 +144,17 @@ class SyntheticCamera:
 
     def capture_still(self) -> Still:
         with self._lock:
-            picture = self._latest if self._latest is not None else self._picture(0)
+            index = self._latest or 0
+        picture = self._picture(index)  # the newest frame, drawn again
         # The same planes, labelled full range as JPEG wants (no pixel format conversion).
         frame = self._frame(picture, "yuvj420p")
         enc = av.CodecContext.create("mjpeg", "w")
         enc.width, enc.height = self.width, self.height
         enc.pix_fmt = "yuvj420p"
         enc.time_base = Fraction(1, self.fps)
+        # One thread: FFmpeg's default (a slice thread per core, plus one) made each 20 kB
+        # still cost 12-17 MB of peak memory, and a larger, sliced JPEG.
+        enc.thread_count = 1
         buf = io.BytesIO()
         for packet in enc.encode(frame):
             buf.write(bytes(packet))
