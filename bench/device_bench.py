@@ -7,10 +7,14 @@ Sections (issue "make bench"):
   continuity  360 segments through the real segmenter vs a seed-style cut on time
   latency     segment ready -> blob visible, camera + uploader daemons vs one bare PUT
   drain       200 realistic segments: the uploader vs a plain upload_blob loop
-  memory      camera daemon and uploader RSS / CPU vs seed-style in-memory segments
+  memory      camera daemon RSS / CPU with stills on (a still a second into the bench's
+              redis-server) and off, beside the backend alone and seed-style in-memory
+              segments; uploader RSS / CPU while draining
   stills      schedule drift and Redis round trips vs a seed-style sleep loop
 
-Starts its own Azurite and redis-server; work files go to bench/work/device.
+Baselines are the scripts in bench/baselines/ or functions here, run in the same run.
+Where two sides take turns, the order alternates between rounds. Starts its own Azurite
+and redis-server; work files go to bench/work/device.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import argparse
 import io
 import json
 import os
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +46,7 @@ from hatcam.stills import StillsPublisher  # noqa: E402
 from services import Azurite, RedisServer  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "device"
+BASELINES = ROOT / "bench" / "baselines"
 PYTHON = sys.executable
 
 
@@ -93,12 +100,28 @@ class Collector:
         self.downstream.outputframe(frame, keyframe, timestamp)
 
 
-def decodable(data: bytes, fmt: str) -> int:
+def counters(data: bytes, fmt: str) -> list[int]:
+    """The frame counter the synthetic camera draws (a column of 16 bits), read from each
+    frame that decodes when ``data`` is decoded on its own."""
+    found = []
     try:
         with av.open(io.BytesIO(data), format=fmt) as container:
-            return sum(1 for _ in container.decode(video=0))
+            for frame in container.decode(video=0):
+                plane = frame.planes[0]
+                luma, stride = bytes(plane), plane.line_size
+                found.append(
+                    sum((luma[(11 + bit * 8) * stride + 11] > 128) << bit for bit in range(16))
+                )
     except av.error.FFmpegError:
-        return 0
+        pass
+    return found
+
+
+def largest_step(files: list[list[int]]) -> int:
+    """Largest jump of the frame counter from one file's last decoded frame to the next
+    file's first: 1 when nothing is lost at the cut."""
+    seen = [f for f in files if f]
+    return max(b[0] - a[-1] for a, b in zip(seen, seen[1:], strict=False))
 
 
 def continuity(segments: int) -> dict:
@@ -113,24 +136,24 @@ def continuity(segments: int) -> dict:
     camera.wait()
     segmenter.close()
     files = spool.ready_segments()
-    pts, playable, boundary_steps = [], 0, []
+    pts, boundary_steps, ours = [], [], []
     for path in files:
         with av.open(str(path)) as container:
             seg_pts = [p.pts for p in container.demux(video=0) if p.pts is not None]
         if pts:
             boundary_steps.append(seg_pts[0] - pts[-1])
         pts += seg_pts
-        playable += decodable(path.read_bytes(), "mpegts")
+        ours.append(counters(path.read_bytes(), "mpegts"))
     captured = len(collector.frames)
     # Baseline: the seed's way, raw .h264 cut on the clock every segment length,
     # whatever frame falls there (here half a second into a keyframe interval, as the
     # clock does not know where keyframes are); each file decoded on its own.
     per_file = int(seconds * fps)
-    base_playable = 0
+    base = []
     for start in [0, *range(fps // 2, captured, per_file)]:
         end = fps // 2 if start == 0 else start + per_file
         chunk = b"".join(f for f, _, _ in collector.frames[start:end])
-        base_playable += decodable(chunk, "h264")
+        base.append(counters(chunk, "h264"))
     frame = 90_000 / fps
     return {
         "segments": len(files),
@@ -139,8 +162,10 @@ def continuity(segments: int) -> dict:
         "frames_lost": captured - len(set(pts)),
         "frames_doubled": len(pts) - len(set(pts)),
         "max_boundary_step_frames": max(boundary_steps) / frame,
-        "playable_alone": playable,
-        "baseline_playable_alone": base_playable,
+        "playable_alone": sum(map(len, ours)),
+        "baseline_playable_alone": sum(map(len, base)),
+        "counter_step": largest_step(ours),
+        "baseline_counter_step": largest_step(base),
     }
 
 
@@ -224,27 +249,23 @@ def fill_spool(spool: Spool, template: Path, count: int) -> list[Path]:
     return made
 
 
-PLAIN_UPLOAD_LOOP = """
-import sys, time
-from pathlib import Path
-from azure.storage.blob import ContainerClient
-client = ContainerClient.from_connection_string(sys.argv[1], sys.argv[2])
-t0 = time.perf_counter()
-for name in sys.argv[3:]:
-    client.upload_blob(Path(name).name, Path(name).read_bytes())
-print(time.perf_counter() - t0)
-"""
-
-
 def drain(azurite: Azurite, count: int, rounds: int) -> dict:
     """The uploader and the plain loop take turns, ``rounds`` times each; the round with
     the median ratio is reported (one round alone is at the mercy of a noisy machine)."""
     template = realistic_segment(WORK / "template")
     size_mb = template.stat().st_size / 1e6
-    results, peak_rss = [], 0.0
+    results, peak_rss, orders = [], 0.0, []
     for index in range(rounds):
-        ours, rss, cpu = drain_by_uploader(azurite, template, count, f"drain{index}")
-        base = drain_by_loop(azurite, template, count, f"drain-base{index}")
+        # Alternate who goes first: a machine that slows down during a round must not
+        # always fall on the same side.
+        if index % 2 == 0:
+            ours, rss, cpu = drain_by_uploader(azurite, template, count, f"drain{index}")
+            base = drain_by_loop(azurite, template, count, f"drain-base{index}")
+            orders.append("hatcam, baseline")
+        else:
+            base = drain_by_loop(azurite, template, count, f"drain-base{index}")
+            ours, rss, cpu = drain_by_uploader(azurite, template, count, f"drain{index}")
+            orders.append("baseline, hatcam")
         results.append((base / ours, ours, base, cpu))
         peak_rss = max(peak_rss, rss)
         for name in (f"drain{index}", f"drain-base{index}"):
@@ -254,6 +275,7 @@ def drain(azurite: Azurite, count: int, rounds: int) -> dict:
         "segments": count,
         "segment_mb": size_mb,
         "rounds": rounds,
+        "orders": orders,
         "ratios": [round(r[0], 3) for r in results],
         "ours_mb_s": count * size_mb / ours,
         "baseline_mb_s": count * size_mb / base,
@@ -297,7 +319,7 @@ def drain_by_loop(azurite: Azurite, template: Path, count: int, container: str) 
     files = fill_spool(Spool(WORK / container).ensure(), template, count)
     azurite.container(container)
     out = subprocess.run(
-        [PYTHON, "-c", PLAIN_UPLOAD_LOOP, azurite.connection_string(), container]
+        [PYTHON, str(BASELINES / "upload_loop.py"), azurite.connection_string(), container]
         + [str(f) for f in files],
         check=True,
         capture_output=True,
@@ -307,101 +329,168 @@ def drain_by_loop(azurite: Azurite, template: Path, count: int, container: str) 
 
 
 # --- 4. memory and CPU of the camera ----------------------------------------------------
-BACKEND_ONLY = """
-import sys, time
-from hatcam.camera.synthetic import SyntheticCamera
-class Discard:
-    # The synthetic backend alone (its libx264 encoder), frames thrown away: what the
-    # test camera costs, which a real Pi's hardware encoder does not.
-    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
-        pass
-SyntheticCamera(1280, 720, 30, 4_000_000, realtime=True).start(Discard())
-time.sleep(float(sys.argv[1]))
-"""
-
-SEED_STYLE_CAMERA = """
-import sys, time
-from hatcam.camera.synthetic import SyntheticCamera
-class InMemory:
-    # The seed's way: each segment is held in memory, queued until uploaded.
-    def __init__(self): self.queue, self.current = [], bytearray()
-    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
-        if keyframe and len(self.current) > 0 and timestamp - self.start >= 10_000_000:
-            self.queue.append(bytes(self.current)); self.current = bytearray()
-        if not self.current: self.start = timestamp
-        self.current += frame
-camera = SyntheticCamera(1280, 720, 30, 4_000_000, realtime=True)
-camera.start(InMemory())
-time.sleep(float(sys.argv[1]))
-"""
-
-
-def memory(seconds: float, redis_url: str) -> dict:
-    spool_dir = WORK / "memory"
-    shutil.rmtree(spool_dir, ignore_errors=True)
-    ours = start_daemon(
+def memory(seconds: float, redis_server: RedisServer) -> dict:
+    """Five processes side by side for ``seconds``: the camera daemon with stills on, with
+    stills on but each still a fixed JPEG (hatcam's part of the cost of stills), with
+    stills off, the synthetic backend alone, and the seed-style recorder."""
+    # One database each: a still's key is its capture second (the seed's keys), so two
+    # cameras on one database overwrite each other's stills.
+    url = {
+        name: f"redis://127.0.0.1:{redis_server.port}/{db}"
+        for db, name in enumerate(("on", "fixed", "off"), start=1)
+    }
+    redis.Redis.from_url(redis_server.url).flushall()
+    camera = dict(HATCAM_CAMERA="synthetic", HATCAM_MIN_FREE_MB=1)
+    on = start_daemon(
         "camera",
-        WORK / "memory-camera.log",
-        HATCAM_CAMERA="synthetic",
-        HATCAM_SPOOL_DIR=spool_dir,
-        HATCAM_MIN_FREE_MB=1,
-        REDIS_URL=redis_url,  # stills on, as a provisioned hat cam with Redis runs
+        WORK / "memory-stills-on.log",
+        HATCAM_SPOOL_DIR=WORK / "memory-on",
+        HATCAM_DEVICE="memon",
+        HATCAM_STILLS="on",  # as a provisioned hat cam with Redis runs
+        IMAGE_CAPTURE_FREQUENCY=1,
+        REDIS_URL=url["on"],
+        **camera,
     )
-    # Side by side: the backend alone, and the seed-style recorder while its uploads are
-    # stalled (no network), holding each segment in memory.
-    backend = subprocess.Popen([PYTHON, "-c", BACKEND_ONLY, str(seconds + 5)])
-    seed = subprocess.Popen([PYTHON, "-c", SEED_STYLE_CAMERA, str(seconds + 5)])
+    off = start_daemon(
+        "camera",
+        WORK / "memory-stills-off.log",
+        HATCAM_SPOOL_DIR=WORK / "memory-off",
+        HATCAM_DEVICE="memoff",
+        REDIS_URL=url["off"],  # set, as provisioned, but HATCAM_STILLS is not
+        **camera,
+    )
+    still = WORK / "still.jpg"
+    still.write_bytes(SyntheticCamera(1280, 720, 30, 4_000_000).capture_still().jpeg)
+    with open(WORK / "memory-fixed-still.log", "ab") as log:
+        fixed = subprocess.Popen(
+            [PYTHON, str(BASELINES / "camera_fixed_still.py"), str(still)],
+            env=daemon_env(
+                HATCAM_SPOOL_DIR=WORK / "memory-fixed",
+                HATCAM_DEVICE="memfixed",
+                HATCAM_STILLS="on",
+                IMAGE_CAPTURE_FREQUENCY=1,
+                REDIS_URL=url["fixed"],
+                **camera,
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    backend = subprocess.Popen([PYTHON, str(BASELINES / "backend_only.py"), str(seconds + 5)])
+    seed = subprocess.Popen([PYTHON, str(BASELINES / "seed_camera.py"), str(seconds + 5)])
     time.sleep(seconds)
-    ours_rss, ours_cpu = proc_figures(ours.pid)
-    backend_rss, backend_cpu = proc_figures(backend.pid)
-    seed_rss, seed_cpu = proc_figures(seed.pid)
-    stop_daemon(ours)
+    figures = {
+        name: proc_figures(proc.pid)
+        for name, proc in [
+            ("on", on),
+            ("off", off),
+            ("fixed", fixed),
+            ("backend", backend),
+            ("seed", seed),
+        ]
+    }
+    for proc in (on, off, fixed):
+        stop_daemon(proc)
     for proc in (backend, seed):
         proc.kill()
         proc.wait()
+    # Redis' own data says whether stills were really on: a still a second from each.
+    stored = {}
+    for name, device in (("on", b"memon"), ("fixed", b"memfixed"), ("off", b"memoff")):
+        client = redis.Redis.from_url(url[name])
+        keys = list(client.scan_iter("image:*"))
+        stored[name] = sum(client.hget(key, "device") == device for key in keys)
+    if min(stored["on"], stored["fixed"]) < seconds - 3 or stored["off"]:
+        raise SystemExit(
+            f"memory: in {seconds:.0f} s Redis got {stored['on']} stills from the camera with "
+            f"stills on, {stored['fixed']} with a fixed still, {stored['off']} with stills off:"
+            " the figures would not be what their rows say"
+        )
+    per_min = 60 / seconds
     return {
         "seconds": seconds,
-        "camera_peak_rss_mb": ours_rss,
-        "camera_cpu_s_per_min": ours_cpu / seconds * 60,
-        "backend_only_peak_rss_mb": backend_rss,
-        "backend_only_cpu_s_per_min": backend_cpu / seconds * 60,
-        "baseline_peak_rss_mb": seed_rss,
-        "baseline_cpu_s_per_min": seed_cpu / seconds * 60,
+        "stills_stored": stored["on"],
+        "camera_peak_rss_mb": figures["on"][0],
+        "camera_cpu_s_per_min": figures["on"][1] * per_min,
+        "fixed_still_stored": stored["fixed"],
+        "fixed_still_peak_rss_mb": figures["fixed"][0],
+        "stills_off_peak_rss_mb": figures["off"][0],
+        "stills_off_cpu_s_per_min": figures["off"][1] * per_min,
+        "backend_only_peak_rss_mb": figures["backend"][0],
+        "backend_only_cpu_s_per_min": figures["backend"][1] * per_min,
+        "baseline_peak_rss_mb": figures["seed"][0],
+        "baseline_cpu_s_per_min": figures["seed"][1] * per_min,
     }
 
 
 # --- 5. stills ---------------------------------------------------------------------------
-class RoundTrips:
-    """Counts the stills writer's writes to its Redis socket: each write is one round trip
-    (a MULTI/HSET/EXPIRE/EXEC pipeline goes out in one write). Bench instrumentation."""
+class RoundTripCounter:
+    """A TCP relay in front of redis-server that counts round trips as Redis sees them:
+    each time a client speaks after Redis has answered it (or for the first time) is one
+    more. Observes the wire, not the client's account of itself."""
 
-    def __init__(self):
-        self.count = 0
-        self.original = redis.connection.AbstractConnection.send_packed_command
-        counter = self
+    def __init__(self, redis_port: int):
+        self.redis_port = redis_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.trips = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-        def counting(conn, command, check_health=True):
-            if threading.current_thread().name == "stills-writer":
-                counter.count += 1
-            return counter.original(conn, command, check_health)
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
-        redis.connection.AbstractConnection.send_packed_command = counting
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.redis_port))
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
 
-    def restore(self):
-        redis.connection.AbstractConnection.send_packed_command = self.original
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        answered = True
+        with client, upstream:
+            while True:
+                ready, _, _ = select.select([client, upstream], [], [])
+                for sock in ready:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        return
+                    if sock is client:
+                        if answered:
+                            with self.lock:
+                                self.trips += 1
+                        answered = False
+                        upstream.sendall(data)
+                    else:
+                        answered = True
+                        client.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def stills(redis_server: RedisServer, captures: int) -> dict:
+    """The publisher and the seed's loop run side by side for ``captures`` seconds, each
+    through its own round-trip counter."""
     camera = SyntheticCamera(1280, 720, 30, 4_000_000)
-    publisher = StillsPublisher(
-        camera, redis_server.url, "bench", interval=1, expiry=600, buffer_size=20
+    ours_relay, seed_relay = (
+        RoundTripCounter(redis_server.port),
+        RoundTripCounter(redis_server.port),
     )
-    publisher.client.ping()  # connect first: the handshake is not a per-still cost
+    publisher = StillsPublisher(
+        camera, ours_relay.url(), "bench", interval=1, expiry=600, buffer_size=20
+    )
+    publisher.client.call(("PING",))  # connect first: the handshake is not a per-still cost
+    ours_relay.trips = 0
     seed_late = []
 
     def seed_loop():
         # The seed's way: capture, HSET, EXPIRE, then sleep the interval.
-        client = redis.Redis.from_url(redis_server.url)
+        client = redis.Redis.from_url(seed_relay.url())
+        client.ping()
+        seed_relay.trips = 0
         start = time.monotonic()
         for k in range(captures):
             seed_late.append(time.monotonic() - (start + k))
@@ -411,26 +500,29 @@ def stills(redis_server: RedisServer, captures: int) -> dict:
             client.expire(key, 600)
             time.sleep(1)
 
-    trips = RoundTrips()
-    try:
-        seed = threading.Thread(target=seed_loop)
-        seed.start()
-        publisher.start()
-        time.sleep(captures - 0.5)
-        publisher.stop()
-        seed.join()
-    finally:
-        trips.restore()
+    seed = threading.Thread(target=seed_loop)
+    seed.start()
+    publisher.start()
+    time.sleep(captures - 0.5)
+    publisher.stop()
+    seed.join()
+    ours_relay.close()
+    seed_relay.close()
+    client = redis.Redis.from_url(redis_server.url)
+    # Counted in Redis itself: the stills each side really stored.
+    stored = sum(1 for key in client.scan_iter("image:*") if client.hget(key, "device") == b"bench")
+    seed_stored = sum(1 for _ in client.scan_iter("seed:*"))
     late = publisher.schedule_errors[:captures]
-    ours_trips = trips.count
     return {
         "captures": len(late),
         "max_late_ms": max(late) * 1000,
         "last_late_ms": late[-1] * 1000,
         "baseline_max_late_ms": max(seed_late) * 1000,
         "baseline_last_late_ms": seed_late[-1] * 1000,
-        "round_trips_per_still": ours_trips / max(1, publisher.stored),
-        "baseline_round_trips_per_still": 2,
+        "stored": stored,
+        "baseline_stored": seed_stored,
+        "round_trips_per_still": ours_relay.trips / max(1, stored),
+        "baseline_round_trips_per_still": seed_relay.trips / max(1, seed_stored),
     }
 
 
@@ -454,7 +546,7 @@ def main() -> int:
             ("continuity", lambda: continuity(counts["segments"])),
             ("latency", lambda: latency(azurite, counts["latency"])),
             ("drain", lambda: drain(azurite, counts["drain"], counts["rounds"])),
-            ("memory", lambda: memory(counts["memory"], redis_server.url)),
+            ("memory", lambda: memory(counts["memory"], redis_server)),
             ("stills", lambda: stills(redis_server, counts["stills"])),
         ):
             t0 = time.perf_counter()

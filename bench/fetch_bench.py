@@ -42,6 +42,7 @@ from hatcam.uploader import Uploader  # noqa: E402
 
 from services import Azurite  # noqa: E402
 
+BASELINES = ROOT / "bench" / "baselines"
 DEVICE = "benchcam"
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 START = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
@@ -99,33 +100,14 @@ def frames_in(path: Path) -> int:
     return int(out.stdout.strip())
 
 
-# The baseline's download, a plain script run as its own process, as `hatcam fetch` is:
-# each side pays for starting its interpreter and importing the SDK.
-PLAIN_DOWNLOAD = """
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from azure.storage.blob import ContainerClient
-client = ContainerClient.from_connection_string(sys.argv[1], sys.argv[2])
-files, prefix, jobs = Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-def get(name):
-    path = files / name.rpartition("/")[2]
-    with open(path, "wb") as fh:
-        client.download_blob(name).readinto(fh)
-    return path
-names = [b.name for b in client.list_blobs(name_starts_with=prefix)]
-with ThreadPoolExecutor(jobs) as pool:
-    paths = list(pool.map(get, names))
-(files / "list.txt").write_text("".join(f"file '{p}'\\n" for p in sorted(paths)))
-"""
-
-
 def baseline(env: dict, work: Path, jobs: int) -> tuple[float, Path]:
     files = work / "baseline"
     files.mkdir(parents=True)
     started = time.perf_counter()
+    # A plain script run as its own process, as `hatcam fetch` is: each side pays for
+    # starting its interpreter and importing the SDK.
     subprocess.run(
-        [sys.executable, "-c", PLAIN_DOWNLOAD, env["BLOB_CONNECTION_STRING"]]
+        [sys.executable, str(BASELINES / "download.py"), env["BLOB_CONNECTION_STRING"]]
         + [env["HATCAM_BLOB_CONTAINER"], str(files), f"{DEVICE}/", str(jobs)],
         check=True,
     )
@@ -193,13 +175,20 @@ def main() -> int:
         env_file = args.work / "fetch.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in store.items()))
 
-        # The two take turns; the round with the median ratio is reported.
-        rounds = []
+        # The two take turns, who goes first alternating between rounds (a machine that
+        # slows down must not always fall on the same side); the median ratio is reported.
+        rounds, orders = [], []
         for index in range(args.rounds):
             work = args.work / f"round{index}"
-            base_seconds, base_mp4 = baseline(store, work, args.jobs)
             out = work / "footage"
-            cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
+            if index % 2 == 0:
+                base_seconds, base_mp4 = baseline(store, work, args.jobs)
+                cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
+                orders.append("baseline, hatcam")
+            else:
+                cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
+                base_seconds, base_mp4 = baseline(store, work, args.jobs)
+                orders.append("hatcam, baseline")
             rounds.append((cold_seconds / base_seconds, base_seconds, cold_seconds, work))
         ratio, base_seconds, cold_seconds, work = sorted(rounds)[len(rounds) // 2]
         base_mp4, out = work / "baseline.mp4", work / "footage"
@@ -214,6 +203,7 @@ def main() -> int:
             "jobs": args.jobs,
             "make_segments_s": round(made, 1),
             "rounds": args.rounds,
+            "orders": orders,
             "ratios": [round(r[0], 3) for r in rounds],
             "ratio": ratio,
             "baseline_s": round(base_seconds, 2),
@@ -238,8 +228,11 @@ def main() -> int:
             f"  hatcam fetch (second run, nothing new):          {warm_seconds:7.2f} s\n"
             f"  expected frames: {expected}"
         )
-    ok = figures["frames_hatcam"] == expected
-    return 0 if ok else 1
+    wrong = {k: figures[k] for k in ("frames_hatcam", "frames_baseline") if figures[k] != expected}
+    if wrong:
+        print(f"fetch_bench: expected {expected} frames in each MP4, got {wrong}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
