@@ -399,7 +399,8 @@ def memory(seconds: float, redis_server: RedisServer) -> dict:
         client = redis.Redis.from_url(url[name])
         keys = list(client.scan_iter("image:*"))
         stored[name] = sum(client.hget(key, "device") == device for key in keys)
-    if min(stored["on"], stored["fixed"]) < seconds - 3 or stored["off"]:
+    # Most seconds, not all: a loaded machine delays the daemons' start by a few seconds.
+    if min(stored["on"], stored["fixed"]) < 0.8 * seconds or stored["off"]:
         raise SystemExit(
             f"memory: in {seconds:.0f} s Redis got {stored['on']} stills from the camera with "
             f"stills on, {stored['fixed']} with a fixed still, {stored['off']} with stills off:"
