@@ -475,6 +475,7 @@ class RoundTripCounter:
 def stills(redis_server: RedisServer, captures: int) -> dict:
     """The publisher and the seed's loop run side by side for ``captures`` seconds, each
     through its own round-trip counter."""
+    redis.Redis.from_url(redis_server.url).flushdb()  # count this run's stills only
     camera = SyntheticCamera(1280, 720, 30, 4_000_000)
     ours_relay, seed_relay = (
         RoundTripCounter(redis_server.port),
