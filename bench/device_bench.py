@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import av  # noqa: E402
 import redis  # noqa: E402
 
-from hatcam.camera.synthetic import SyntheticCamera  # noqa: E402
-from hatcam.segmenter import Segmenter  # noqa: E402
-from hatcam.spool import Spool  # noqa: E402
-from hatcam.stills import StillsPublisher  # noqa: E402
+from hatcam.device.camera.synthetic import SyntheticCamera  # noqa: E402
+from hatcam.device.segmenter import Segmenter  # noqa: E402
+from hatcam.device.spool import Spool  # noqa: E402
+from hatcam.device.stills import StillsPublisher  # noqa: E402
 
 from services import Azurite, RedisServer  # noqa: E402
 

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from hatcam import config  # noqa: E402
-from hatcam.camera.synthetic import SyntheticCamera  # noqa: E402
-from hatcam.segmenter import Segmenter  # noqa: E402
-from hatcam.spool import Spool  # noqa: E402
-from hatcam.uploader import Uploader  # noqa: E402
+from hatcam.device.camera.synthetic import SyntheticCamera  # noqa: E402
+from hatcam.device.segmenter import Segmenter  # noqa: E402
+from hatcam.device.spool import Spool  # noqa: E402
+from hatcam.device.uploader import Uploader  # noqa: E402
 
 from services import Azurite  # noqa: E402
 

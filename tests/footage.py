@@ -11,9 +11,9 @@ from pathlib import Path
 
 import av
 
-from hatcam.camera.synthetic import SyntheticCamera
-from hatcam.segmenter import Segmenter
-from hatcam.spool import Spool
+from hatcam.device.camera.synthetic import SyntheticCamera
+from hatcam.device.segmenter import Segmenter
+from hatcam.device.spool import Spool
 
 SMALL = {"width": 320, "height": 240, "fps": 30}
 

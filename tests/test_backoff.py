@@ -15,10 +15,10 @@ import uuid
 import redis
 
 from hatcam import config
-from hatcam.blobstore import container_client
-from hatcam.camera.synthetic import SyntheticCamera
-from hatcam.stills import StillsPublisher
-from hatcam.uploader import Uploader
+from hatcam.blob import container_client
+from hatcam.device.camera.synthetic import SyntheticCamera
+from hatcam.device.stills import StillsPublisher
+from hatcam.device.uploader import Uploader
 
 from footage import record, wait_until
 from services import Azurite, RedisServer

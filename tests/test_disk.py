@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hatcam.spool import Spool
+from hatcam.device.spool import Spool
 
 from footage import start_hatcam, wait_until
 

@@ -24,11 +24,13 @@ import av
 import pytest
 from azure.storage.blob import ContentSettings
 
-from hatcam import cli, config, listing, stitch
-from hatcam.camera.synthetic import SyntheticCamera
-from hatcam.segmenter import Segmenter
-from hatcam.spool import Spool
-from hatcam.uploader import Uploader
+from hatcam import cli, config
+from hatcam.device.camera.synthetic import SyntheticCamera
+from hatcam.device.segmenter import Segmenter
+from hatcam.device.spool import Spool
+from hatcam.device.uploader import Uploader
+from hatcam.fetch import listing
+from hatcam.segment import probe
 
 from http_proxy import HttpProxy
 
@@ -328,8 +330,7 @@ def test_the_blobs_metadata_describes_each_file_exactly(azurite, container, tmp_
         for r in listing.select(client, ["dev1"], None, T0 + timedelta(days=1), None)["dev1"]
     }
     for blob in names:
-        recorded = {k: v for k, v in remotes[blob].info.items() if k != "from_metadata"}
-        assert recorded == stitch.inspect(out / ".cache" / blob, legacy=False)
+        assert remotes[blob].contents == probe(out / ".cache" / blob)
 
 
 @pytest.mark.parametrize("with_older_blob", [False, True])
@@ -479,8 +480,8 @@ def test_delete_after_without_delete_rights_says_so_and_deletes_nothing(
 
 def test_a_refused_delete_stops_at_the_first_blob_and_is_reported(azurite, container, tmp_path):
     """The service's own 403 (rights the SAS URL hides, e.g. a revoked policy)."""
-    from hatcam.blobstore import container_client
-    from hatcam.fetch import Fetch, build_args
+    from hatcam.blob import container_client
+    from hatcam.fetch.command import Fetch, build_args
 
     name, client = container
     names = upload(azurite, name, record(tmp_path / "a", "dev1", T0, 3 * 60))
@@ -511,7 +512,7 @@ def test_bad_options_are_refused_with_a_clear_line(azurite, container, tmp_path,
 
 
 def test_time_words_and_dates_cover_whole_local_days():
-    from hatcam.listing import parse_when
+    from hatcam.fetch.listing import parse_when
 
     now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
     today = parse_when("today", end=False, now=now)

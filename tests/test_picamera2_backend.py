@@ -12,9 +12,9 @@ import types
 
 import pytest
 
-from hatcam.camera.synthetic import SyntheticCamera
-from hatcam.segmenter import Segmenter
-from hatcam.spool import Spool
+from hatcam.device.camera.synthetic import SyntheticCamera
+from hatcam.device.segmenter import Segmenter
+from hatcam.device.spool import Spool
 
 from footage import SMALL, packets
 
@@ -51,7 +51,7 @@ class _StubModule(types.ModuleType):
 def picam():
     for name in ("libcamera", "pykms", "kms"):
         sys.modules.setdefault(name, _StubModule(name))
-    from hatcam.camera import picam
+    from hatcam.device.camera import picam
 
     return picam
 

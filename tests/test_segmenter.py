@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hatcam.naming import SegmentName
-from hatcam.spool import Spool
+from hatcam.device.spool import Spool
+from hatcam.segment import SegmentName
 
 from footage import SMALL, decoded_frames, metadata, packets, record, start_hatcam, wait_until
 from sdcard import SdCard

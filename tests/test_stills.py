@@ -9,8 +9,8 @@ import time
 import av
 import redis
 
-from hatcam.camera.synthetic import SyntheticCamera
-from hatcam.stills import StillsPublisher
+from hatcam.device.camera.synthetic import SyntheticCamera
+from hatcam.device.stills import StillsPublisher
 
 from footage import start_hatcam
 

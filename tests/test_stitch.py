@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from test_fetch import FPS, SEG, T0, decode
 
-from hatcam import stitch
-from hatcam.camera.synthetic import SyntheticCamera
-from hatcam.segmenter import Segmenter
-from hatcam.spool import Spool
+from hatcam.device.camera.synthetic import SyntheticCamera
+from hatcam.device.segmenter import Segmenter
+from hatcam.device.spool import Spool
+from hatcam.fetch import stitch
+from hatcam.segment import probe
 
 
 def segments(spool_dir: Path, start, frames: int, size=(320, 240)) -> list[stitch.Segment]:
@@ -30,11 +31,13 @@ def segments(spool_dir: Path, start, frames: int, size=(320, 240)) -> list[stitc
     for path in spool.ready_segments():
         meta = spool.read_metadata(path)
         name = f"dev1/{meta['start'][:10]}/{path.name}"
-        info = stitch.inspect(path, legacy=False)
+        contents = probe(path)
         start_time = T0.fromisoformat(meta["start"])
         boot, seq = path.stem.split("-")[1], int(path.stem.split("-")[2])
         found.append(
-            stitch.Segment.from_info(name, path, "dev1", start_time, info, boot=boot, seq=seq)
+            stitch.Segment.from_contents(
+                name, path, "dev1", start_time, contents, boot=boot, seq=seq
+            )
         )
     return found
 

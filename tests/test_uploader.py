@@ -12,7 +12,7 @@ import uuid
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from hatcam.naming import SegmentName
+from hatcam.segment import SegmentName
 
 from footage import record, start_hatcam, wait_until
 from http_proxy import HttpProxy

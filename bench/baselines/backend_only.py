@@ -9,7 +9,7 @@ encoder does not: the part of the daemon's figure that is not hatcam's.
 import sys
 import time
 
-from hatcam.camera.synthetic import SyntheticCamera
+from hatcam.device.camera.synthetic import SyntheticCamera
 
 
 class Discard:

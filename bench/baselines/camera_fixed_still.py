@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from hatcam import cli
-from hatcam.camera import Still
-from hatcam.camera.synthetic import SyntheticCamera
+from hatcam.device.camera import Still
+from hatcam.device.camera.synthetic import SyntheticCamera
 
 
 def main() -> int:

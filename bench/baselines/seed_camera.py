@@ -9,7 +9,7 @@ seed's design costs while the camera is offline, against hatcam's spool on the c
 import sys
 import time
 
-from hatcam.camera.synthetic import SyntheticCamera
+from hatcam.device.camera.synthetic import SyntheticCamera
 
 SEGMENT_US = 10_000_000
 

@@ -1,4 +1,8 @@
-"""The ``hatcam`` command: camera, upload, status, check (device) and fetch (laptop)."""
+"""The ``hatcam`` command: camera, upload, status, check (device) and fetch (laptop).
+
+It parses, then hands over to one wing, imported only then: ``hatcam camera``
+never loads fetch's code (nor rich), ``hatcam fetch`` never loads the device's.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ def load_settings(args, *, blob: str | None = None, redis: bool = False) -> conf
 
 
 def cmd_camera(args) -> int:
-    from .recorder import Recorder
+    from .device.recorder import Recorder
 
     settings = load_settings(args, redis=True)
     recorder = Recorder(settings)
@@ -61,10 +65,10 @@ def cmd_camera(args) -> int:
 
 
 def cmd_upload(args) -> int:
-    from .spool import Spool
-    from .uploader import Uploader
+    from .device.spool import Spool
+    from .device.uploader import Uploader
 
-    settings = load_settings(args, blob="c")
+    settings = load_settings(args, blob=config.DEVICE_SAS_PERMISSIONS)
     uploader = Uploader(settings, Spool(settings.spool_dir).ensure())
     handle_signals(lambda *_: uploader.stop())
     uploader.run()
@@ -72,8 +76,8 @@ def cmd_upload(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .spool import Spool
-    from .status import render, report
+    from .device.spool import Spool
+    from .device.status import render, report
 
     settings = load_settings(args)
     spool = Spool(settings.spool_dir)
@@ -88,7 +92,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import run_checks
+    from .device.check import run_checks
 
     settings = load_settings(args)
     return run_checks(settings)
@@ -96,16 +100,17 @@ def cmd_check(args) -> int:
 
 def cmd_fetch(args) -> int:
     # fetch parses its own options: its imports (rich, stitching) stay out of the
-    # daemons, which run on a Pi Zero's 512 MB.
-    from . import fetch
+    # daemons, which run on a Pi Zero's 512 MB. It needs the blob settings alone.
+    from .fetch import command
 
     parser = argparse.ArgumentParser(
-        prog="hatcam fetch", description=fetch.__doc__.splitlines()[0].replace("`", "")
+        prog="hatcam fetch", description=command.__doc__.splitlines()[0].replace("`", "")
     )
-    fetch.add_arguments(parser)
+    command.add_arguments(parser)
     options = parser.parse_args(args.fetch_args)
-    settings = load_settings(args, blob="rl" + ("d" if options.delete_after else ""))
-    return fetch.run_fetch(settings, options)
+    settings = config.load_blob(args.env_file)
+    settings.require_blob("rl" + ("d" if options.delete_after else ""))
+    return command.run_fetch(settings, options)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,10 +5,15 @@ Values come from the process environment, then from one dotenv file
 The dotenv file is read into a dict, never into ``os.environ``, so secrets are
 not inherited by child processes. Every problem is reported as one line naming
 the setting; secret values are never echoed.
+
+The ranges and patterns live in ``settings.json`` beside this file, which the
+playbook's pre-flight reads too. The laptop loads only the blob settings
+(``load_blob``): a device's settings mean nothing there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -18,10 +23,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from dotenv import dotenv_values
 
-DEFAULT_ENV_FILES = (Path("/etc/hatcam/hatcam.env"), Path(".env"))
+from .blob import sas_permissions
 
-DEVICE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-CONTAINER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+DEFAULT_ENV_FILES = (Path("/etc/hatcam/hatcam.env"), Path(".env"))
+RULES = json.loads((Path(__file__).with_name("settings.json")).read_text())
+DEVICE_SAS_PERMISSIONS = RULES["device_sas_permissions"]
+DEVICE_RE = re.compile(RULES["patterns"]["HATCAM_DEVICE"]["regex"])
+CONTAINER_RE = re.compile(RULES["patterns"]["HATCAM_BLOB_CONTAINER"]["regex"])
+RESOLUTION_RE = re.compile(RULES["resolution"]["regex"])
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 # The original hat cam's names keep working beside the HATCAM_* ones.
@@ -42,30 +51,18 @@ class ConfigError(Exception):
         self.lines = lines
 
 
-@dataclass(frozen=True)
-class Settings:
-    device: str
-    spool_dir: Path
-    camera: str
-    segment_seconds: float
-    width: int
-    height: int
-    fps: int
-    bitrate: int
+def valid_device(name: str) -> bool:
+    return bool(DEVICE_RE.match(name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlobSettings:
+    """Where the footage is: all that ``hatcam fetch`` needs."""
+
     blob_container: str
-    min_free_mb: int
-    disk_policy: str
-    stills: bool
-    image_capture_frequency: float
-    image_expiry: int
-    stills_buffer: int
-    camera_autofocus: bool
-    synthetic_pace: str
-    retry_max_seconds: float
     # Secrets: kept out of repr() so a traceback or debug print cannot leak them.
     blob_connection_string: str | None = field(default=None, repr=False)
     blob_sas_url: str | None = field(default=None, repr=False)
-    redis_url: str | None = field(default=None, repr=False)
 
     @property
     def has_blob_credential(self) -> bool:
@@ -88,14 +85,33 @@ class Settings:
                     ]
                 )
 
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(BlobSettings):
+    """Everything a device's daemons read."""
+
+    device: str
+    spool_dir: Path
+    camera: str
+    segment_seconds: float
+    width: int
+    height: int
+    fps: int
+    bitrate: int
+    min_free_mb: int
+    disk_policy: str
+    stills: bool
+    image_capture_frequency: float
+    image_expiry: int
+    stills_buffer: int
+    camera_autofocus: bool
+    synthetic_pace: str
+    retry_max_seconds: float
+    redis_url: str | None = field(default=None, repr=False)
+
     def require_redis(self) -> None:
         if self.stills and not self.redis_url:
             raise ConfigError(["REDIS_URL: must be set when HATCAM_STILLS is on"])
-
-
-def sas_permissions(url: str) -> str:
-    """The ``sp=`` of a SAS URL: what its holder may do (c create, w write, r read, ...)."""
-    return parse_qs(urlsplit(url).query).get("sp", [""])[0]
 
 
 def read_environment(env_file: str | Path | None = None, environ=None) -> dict[str, str]:
@@ -133,7 +149,12 @@ class _Parser:
     def fail(self, name: str, problem: str) -> None:
         self.errors.append(f"{name}: {problem}")
 
-    def number(self, name, default, kind, low, high, unit=""):
+    def number(self, name):
+        """A number within its range from settings.json."""
+        rule = RULES["numbers"][name]
+        default, low, high = rule["default"], rule["min"], rule["max"]
+        kind, unit = (int if rule["type"] == "int" else float), f" {rule['unit']}"
+        default = kind(default)
         text = self.raw(name)
         if text is None:
             return default
@@ -148,7 +169,9 @@ class _Parser:
             return default
         return value
 
-    def choice(self, name, default, choices):
+    def choice(self, name):
+        rule = RULES["choices"][name]
+        default, choices = rule["default"], rule["values"]
         text = self.raw(name, default)
         if text not in choices:
             self.fail(name, f"must be one of {', '.join(choices)}, got {text!r}")
@@ -209,77 +232,97 @@ def _check_redis_url(p: _Parser, text: str | None) -> None:
     if text is None:
         return
     url = urlsplit(text)
-    if url.scheme not in ("redis", "rediss", "unix") or not (url.hostname or url.path):
+    if url.scheme not in RULES["redis_schemes"] or not (url.hostname or url.path):
         p.fail("REDIS_URL", "must look like redis://[:password@]host:port/db or rediss://...")
 
 
 def _resolution(p: _Parser) -> tuple[int, int]:
-    text = p.raw("HATCAM_RESOLUTION", "1280x720")
-    match = re.fullmatch(r"(\d{2,4})x(\d{2,4})", text)
+    rule = RULES["resolution"]
+    default = tuple(int(side) for side in rule["default"].split("x"))
+    text = p.raw("HATCAM_RESOLUTION", rule["default"])
+    match = RESOLUTION_RE.match(text)
     if not match:
         p.fail("HATCAM_RESOLUTION", f"must be WIDTHxHEIGHT such as 1280x720, got {text!r}")
-        return 1280, 720
+        return default
     width, height = int(match[1]), int(match[2])
-    if width % 2 or height % 2 or not (64 <= width <= 4096 and 64 <= height <= 2592):
+    (min_w, max_w), (min_h, max_h) = rule["width"], rule["height"]
+    if width % 2 or height % 2 or not (min_w <= width <= max_w and min_h <= height <= max_h):
         p.fail(
             "HATCAM_RESOLUTION",
-            f"must have even sides from 64x64 to 4096x2592, got {text!r}",
+            f"must have even sides from {min_w}x{min_h} to {max_w}x{max_h}, got {text!r}",
         )
-        return 1280, 720
+        return default
     return width, height
 
 
-def parse(values: dict[str, str]) -> Settings:
-    """Validate every setting; raise ConfigError listing all problems at once."""
-    p = _Parser(values)
-    device = p.raw("HATCAM_DEVICE") or default_device()
-    if not DEVICE_RE.match(device):
-        p.fail(
-            "HATCAM_DEVICE",
-            f"must be lowercase letters, digits and inner hyphens (like a hostname), "
-            f"got {device!r}",
-        )
-    container = p.raw("HATCAM_BLOB_CONTAINER", "videos")
+def _blob(p: _Parser) -> dict:
+    """The blob settings, checked; keyword arguments for BlobSettings."""
+    container = p.raw(
+        "HATCAM_BLOB_CONTAINER", RULES["patterns"]["HATCAM_BLOB_CONTAINER"]["default"]
+    )
     if not CONTAINER_RE.match(container):
         p.fail(
             "HATCAM_BLOB_CONTAINER",
             f"must be an Azure container name (3-63 lowercase letters, digits, hyphens), "
             f"got {container!r}",
         )
-    width, height = _resolution(p)
     connection_string = p.raw("BLOB_CONNECTION_STRING")
     sas_url = p.raw("HATCAM_BLOB_SAS_URL")
     _check_connection_string(p, connection_string)
     _check_sas_url(p, sas_url)
     if connection_string and sas_url:
         p.fail("HATCAM_BLOB_SAS_URL", "set either it or BLOB_CONNECTION_STRING, not both")
+    return {
+        "blob_container": container,
+        "blob_connection_string": connection_string,
+        "blob_sas_url": sas_url,
+    }
+
+
+def parse_blob(values: dict[str, str]) -> BlobSettings:
+    """Only the blob settings (the laptop's), every problem at once."""
+    p = _Parser(values)
+    settings = BlobSettings(**_blob(p))
+    if p.errors:
+        raise ConfigError(p.errors)
+    return settings
+
+
+def parse(values: dict[str, str]) -> Settings:
+    """Validate every setting; raise ConfigError listing all problems at once."""
+    p = _Parser(values)
+    device = p.raw("HATCAM_DEVICE") or default_device()
+    if not valid_device(device):
+        p.fail(
+            "HATCAM_DEVICE",
+            f"must be lowercase letters, digits and inner hyphens (like a hostname), "
+            f"got {device!r}",
+        )
+    blob = _blob(p)
+    width, height = _resolution(p)
     redis_url = p.raw("REDIS_URL")
     _check_redis_url(p, redis_url)
     settings = Settings(
         device=device,
         spool_dir=Path(p.raw("HATCAM_SPOOL_DIR", "/var/lib/hatcam/spool")),
-        camera=p.choice("HATCAM_CAMERA", "picamera2", ("picamera2", "synthetic")),
-        segment_seconds=p.number("HATCAM_SEGMENT_SECONDS", 10.0, float, 1, 600, " seconds"),
+        camera=p.choice("HATCAM_CAMERA"),
+        segment_seconds=p.number("HATCAM_SEGMENT_SECONDS"),
         width=width,
         height=height,
-        fps=p.number("HATCAM_FPS", 30, int, 1, 120, " frames per second"),
-        bitrate=p.number("HATCAM_BITRATE", 4_000_000, int, 100_000, 50_000_000, " bit/s"),
-        blob_container=container,
-        min_free_mb=p.number("HATCAM_MIN_FREE_MB", 200, int, 0, 10_000_000, " MB"),
-        disk_policy=p.choice("HATCAM_DISK_POLICY", "pause", ("pause", "drop-oldest")),
+        fps=p.number("HATCAM_FPS"),
+        bitrate=p.number("HATCAM_BITRATE"),
+        min_free_mb=p.number("HATCAM_MIN_FREE_MB"),
+        disk_policy=p.choice("HATCAM_DISK_POLICY"),
         stills=p.flag("HATCAM_STILLS", False),
         # Keys are image:<unix seconds>, so more than one still a second would collide.
-        image_capture_frequency=p.number(
-            "IMAGE_CAPTURE_FREQUENCY", 60.0, float, 1, 86_400, " seconds"
-        ),
-        image_expiry=p.number("IMAGE_EXPIRY", 86_400, int, 1, 31_536_000, " seconds"),
-        stills_buffer=p.number("HATCAM_STILLS_BUFFER", 20, int, 1, 1000, " stills"),
+        image_capture_frequency=p.number("IMAGE_CAPTURE_FREQUENCY"),
+        image_expiry=p.number("IMAGE_EXPIRY"),
+        stills_buffer=p.number("HATCAM_STILLS_BUFFER"),
         camera_autofocus=p.flag("CAMERA_AUTOFOCUS", False),
-        synthetic_pace=p.choice("HATCAM_SYNTHETIC_PACE", "realtime", ("realtime", "fast")),
-        retry_max_seconds=p.number("HATCAM_RETRY_MAX_SECONDS", 60.0, float, 0.1, 3600, " s"),
-        blob_connection_string=connection_string,
-        blob_sas_url=sas_url,
+        synthetic_pace=p.choice("HATCAM_SYNTHETIC_PACE"),
+        retry_max_seconds=p.number("HATCAM_RETRY_MAX_SECONDS"),
         redis_url=redis_url,
+        **blob,
     )
     if p.errors:
         raise ConfigError(p.errors)
@@ -288,3 +331,7 @@ def parse(values: dict[str, str]) -> Settings:
 
 def load(env_file: str | Path | None = None, environ=None) -> Settings:
     return parse(read_environment(env_file, environ))
+
+
+def load_blob(env_file: str | Path | None = None, environ=None) -> BlobSettings:
+    return parse_blob(read_environment(env_file, environ))

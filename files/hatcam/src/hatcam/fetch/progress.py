@@ -1,4 +1,7 @@
-"""Download progress: a rich bar on a terminal, a plain line now and then otherwise."""
+"""Download progress: a rich bar on a terminal, a plain line now and then otherwise.
+
+rich is optional (the ``fetch`` extra): without it a terminal gets the plain lines.
+"""
 
 from __future__ import annotations
 
@@ -113,9 +116,13 @@ class RichProgress:
 
 
 def make_progress(stream=None):
+    """A rich bar on a terminal when rich is installed (the ``hatcam[fetch]`` extra);
+    else plain lines, which say the same."""
     stream = stream or sys.stdout
     if stream.isatty():
-        from rich.console import Console
-
+        try:
+            from rich.console import Console
+        except ImportError:
+            return PlainProgress(stream)
         return RichProgress(Console(file=stream))
     return PlainProgress(stream)

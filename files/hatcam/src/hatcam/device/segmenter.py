@@ -18,19 +18,27 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from fractions import Fraction
+from datetime import UTC, datetime
 from pathlib import Path
 
 import av
 
-from .naming import SegmentName, boot_id, iso
-from .spool import Spool, fsync_dir
+from ..files import fsync_dir
+from ..segment import (
+    CLOCK,
+    TIME_BASE,
+    Contents,
+    SegmentName,
+    SegmentRecord,
+    boot_id,
+    duration,
+    frame_ticks,
+    probe,
+)
+from .spool import Spool
 
 log = logging.getLogger("hatcam.segmenter")
 
-MPEGTS_CLOCK = 90_000
-TIME_BASE = Fraction(1, MPEGTS_CLOCK)
 FLUSH_EVERY = 1.0  # seconds: the most a power cut may take from the open segment
 _TIME_ERROR = 5  # adjtimex() state when the kernel clock is not NTP-synchronised
 
@@ -139,31 +147,7 @@ class SegmentFile:
     def duration(self) -> float:
         if self.first_pts is None:
             return 0.0
-        return (self.last_pts - self.first_pts) / MPEGTS_CLOCK + 1 / self.fps
-
-
-def segment_metadata(
-    device, name: SegmentName, frames, first_pts, last_pts, fps, size, synced, md5=None
-) -> dict:
-    """The sidecar: what the segment holds, so nothing downstream has to demux it to know.
-
-    ``size`` is (width, height), or None when unknown.
-    """
-    duration = (last_pts - first_pts) / MPEGTS_CLOCK + 1 / fps
-    meta = {
-        "device": device,
-        "start": iso(name.start),
-        "end": iso(name.start + timedelta(seconds=duration)),
-        "frames": frames,
-        "first_pts": first_pts,
-        "last_pts": last_pts,
-        "clock_synced": synced,
-    }
-    if size is not None:
-        meta["width"], meta["height"] = size
-    if md5 is not None:  # unknown for a segment recovered after a crash
-        meta["md5"] = md5
-    return meta
+        return duration(self.first_pts, self.last_pts, frame_ticks(self.fps))
 
 
 class Segmenter:
@@ -249,7 +233,7 @@ class Segmenter:
                     self.frames_dropped,
                 )
                 self.card_failing = False
-        pts = round((timestamp - self.run_start_us) * MPEGTS_CLOCK / 1_000_000)
+        pts = round((timestamp - self.run_start_us) * CLOCK / 1_000_000)
         try:
             self.current.write(data, keyframe, pts)
         except (OSError, av.error.FFmpegError) as exc:
@@ -299,24 +283,25 @@ class Segmenter:
             return
         try:
             segment.close()
-            meta = segment_metadata(
+            # The sidecar: what the segment holds, so nothing downstream has to demux it.
+            contents = Contents(
+                segment.frames, segment.first_pts, segment.last_pts, self.width, self.height
+            )
+            record = SegmentRecord.made(
                 self.device,
                 segment.name,
-                segment.frames,
-                segment.first_pts,
-                segment.last_pts,
+                contents,
                 self.fps,
-                (self.width, self.height),
                 self.synced,
                 segment.writer.md5.hexdigest(),
             )
-            path = self.spool.commit(segment.path, meta)
+            path = self.spool.commit(segment.path, record)
         except (OSError, av.error.FFmpegError) as exc:
             self._give_up_on(segment, f"closing it failed: {exc}")
             return
         self.segments_closed += 1
         log.info(
-            "segment ready: %s (%d frames, %.2f s)", path.name, meta["frames"], segment.duration()
+            "segment ready: %s (%d frames, %.2f s)", path.name, segment.frames, segment.duration()
         )
 
     def close(self) -> None:
@@ -330,40 +315,26 @@ class Segmenter:
         return segment.path.name if segment else None
 
 
-def probe(path: Path) -> tuple[int, int | None, int | None]:
-    """(frames, first pts, last pts) of a possibly truncated MPEG-TS file."""
-    frames, first, last = 0, None, None
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return 0, None, None
-            for packet in container.demux(video=0):
-                if packet.pts is None or packet.size == 0:
-                    continue
-                frames += 1
-                first = packet.pts if first is None else first
-                last = packet.pts
-    except av.error.FFmpegError as exc:  # a torn tail: keep what was read before it
-        log.warning("%s: read stopped early (%s); keeping %d frames", path.name, exc, frames)
-    return frames, first, last
-
-
 def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path | None:
     """Queue a segment that was not closed properly with what it holds (or drop it if it
     holds no complete frame)."""
     name = SegmentName.parse(path.name)
-    frames, first, last = probe(path) if name else (0, None, None)
-    if frames == 0:
+    try:
+        contents = probe(path, torn_ok=True) if name else None
+    except ValueError:
+        contents = None
+    if contents is None:
         log.warning("discarding %s (%s): it holds no complete frame", path.name, why)
         path.unlink(missing_ok=True)
         return None
-    # Whether the clock was synchronised back then is unknown: say no.
-    meta = segment_metadata(device, name, frames, first, last, fps, None, False)
-    meta["recovered"] = True
+    # The picture size is left for fetch to read from the file; whether the clock was
+    # synchronised back then is unknown: say no.
+    contents = Contents(contents.frames, contents.first_pts, contents.last_pts)
+    record = SegmentRecord.made(device, name, contents, fps, False, recovered=True)
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-    committed = spool.commit(path, meta)
-    log.warning("recovered %s (%s): %d frames", path.name, why, frames)
+    committed = spool.commit(path, record)
+    log.warning("recovered %s (%s): %d frames", path.name, why, contents.frames)
     return committed
 
 

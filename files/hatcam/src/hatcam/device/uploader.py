@@ -11,71 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 
-from .blobstore import container_client, describe
-from .config import sas_permissions
-from .naming import SegmentName, iso
+from ..blob import container_client, describe, error_code, explain, sas_permissions
+from ..retry import backoff
+from ..segment import SegmentName, iso
 from .spool import Spool
 from .status import StateFile
 
 log = logging.getLogger("hatcam.uploader")
 
 POLL_SECONDS = 0.2  # how often an idle uploader looks for a new segment
-# What fetch plans a stitch from without opening the file (a recovered segment has no
-# width/height: fetch inspects those).
-BLOB_METADATA = (
-    "device",
-    "start",
-    "end",
-    "frames",
-    "first_pts",
-    "last_pts",
-    "width",
-    "height",
-    "clock_synced",
-)
-
-
-def error_code(exc: Exception) -> str:
-    """The service's error code as plain text (the SDK gives an enum or a string)."""
-    code = getattr(exc, "error_code", None) or ""
-    return str(getattr(code, "value", code))
-
-
-def explain(exc: Exception) -> str:
-    """One line saying what went wrong and what to do, with no secret in it."""
-    code = error_code(exc)
-    status = getattr(exc, "status_code", None)
-    if status == 403 and code == "AuthorizationPermissionMismatch":
-        return (
-            "upload refused (403 AuthorizationPermissionMismatch): the device's SAS lacks "
-            "create permission; provision a SAS with sp=c"
-        )
-    if status == 403 or isinstance(exc, ClientAuthenticationError):
-        return (
-            f"upload refused ({status} {code}): the credential is wrong, expired or revoked; "
-            "provision a new SAS or connection string"
-        )
-    if status == 404:
-        return f"container not found ({code}): create it or fix HATCAM_BLOB_CONTAINER"
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return f"blob store unreachable ({type(exc).__name__})"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"upload failed ({status or type(exc).__name__} {code}): {first[:200]}"
 
 
 class Uploader:
@@ -123,18 +74,13 @@ class Uploader:
             return self._upload(segment, fh.read())
 
     def _upload(self, segment: Path, data: bytes) -> bool:
-        meta = self.spool.read_metadata(segment)
-        blob = SegmentName.parse(segment.name).blob_name(meta["device"])
+        record = self.spool.read_record(segment)
+        blob = SegmentName.parse(segment.name).blob_name(record.device)
         # The MD5 taken while recording: the service refuses a body that differs from
         # what the camera wrote, whether it changed on the card or on the way.
-        recorded = bytes.fromhex(meta["md5"]) if meta.get("md5") else hashlib.md5(data).digest()
-        metadata = {
-            key: str(meta[key]).lower() if isinstance(meta[key], bool) else str(meta[key])
-            for key in BLOB_METADATA
-            if key in meta
-        }
+        recorded = bytes.fromhex(record.md5) if record.md5 else hashlib.md5(data).digest()
         try:
-            self._put(blob, data, recorded, metadata)
+            self._put(blob, data, recorded, record.to_blob_metadata())
         except HttpResponseError as exc:
             actual = hashlib.md5(data).digest()
             if exc.status_code != 400 or actual == recorded:
@@ -145,7 +91,7 @@ class Uploader:
                 "uploading it as it is, marked damaged",
                 segment.name,
             )
-            self._put(blob, data, actual, {**metadata, "damaged": "true"})
+            self._put(blob, data, actual, record.marked_damaged().to_blob_metadata())
         self.spool.remove(segment)
         self.uploaded += 1
         self.failures = 0
@@ -198,8 +144,7 @@ class Uploader:
 
     def _back_off(self, exc: Exception) -> None:
         self.failures += 1
-        cap = self.settings.retry_max_seconds
-        delay = random.uniform(0, min(cap, 0.5 * 2 ** min(self.failures, 20)))
+        delay = backoff(self.failures, self.settings.retry_max_seconds)
         self.last_error = explain(exc)
         queued = len(self.spool.ready_segments())
         log.error(

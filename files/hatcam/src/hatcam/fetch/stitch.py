@@ -17,52 +17,13 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from fractions import Fraction
 from pathlib import Path
 
 import av
 
-CLOCK = 90_000
-TIME_BASE = Fraction(1, CLOCK)
+from ..segment import CLOCK, TIME_BASE, Contents, duration, frame_ticks, to_ticks
+
 LEGACY_SLOP = 1.0  # seconds: legacy names have whole seconds, so smaller gaps are noise
-
-
-def _to_ticks(time_base: Fraction):
-    """A fast int function turning timestamps in ``time_base`` into 90 kHz ticks."""
-    if time_base == TIME_BASE:
-        return int
-    num, den = time_base.numerator * CLOCK, time_base.denominator
-    return lambda value: value * num // den
-
-
-def inspect(path: Path, legacy: bool) -> dict:
-    """Frames, first/last PTS (90 kHz) and size of one segment file."""
-    frames, first, last = 0, None, None
-    try:
-        with av.open(str(path), format="h264" if legacy else "mpegts") as container:
-            if not container.streams.video:
-                raise ValueError(f"{path.name}: no video stream")
-            stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
-            ticks = _to_ticks(stream.time_base)
-            for packet in container.demux(stream):
-                if packet.size == 0 or (packet.pts is None and not legacy):
-                    continue
-                frames += 1
-                if not legacy:
-                    last = ticks(packet.pts)
-                    first = last if first is None else first
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"{path.name}: not readable as video ({exc})") from None
-    if frames == 0:
-        raise ValueError(f"{path.name}: holds no video frame")
-    return {
-        "frames": frames,
-        "first_pts": first,
-        "last_pts": last,
-        "width": width,
-        "height": height,
-    }
 
 
 @dataclass
@@ -84,26 +45,25 @@ class Segment:
     legacy: bool = False
 
     @classmethod
-    def from_info(cls, name, path, device, start, info, *, boot=None, seq=None, legacy_fps=None):
+    def from_contents(
+        cls, name, path, device, start, contents: Contents, *, boot=None, seq=None, legacy_fps=None
+    ):
         if legacy_fps is not None:  # no timestamps in the file: 1/fps per frame
-            ticks = round(CLOCK / legacy_fps)
-            first, last = 0, (info["frames"] - 1) * ticks
+            ticks = round(frame_ticks(legacy_fps))
+            first, last = 0, (contents.frames - 1) * ticks
         else:
-            first, last, frames = info["first_pts"], info["last_pts"], info["frames"]
-            # One frame: the mean interval; a single frame is taken as 1/30 s.
-            ticks = round((last - first) / (frames - 1)) if frames > 1 else 0
-            ticks = ticks or round(CLOCK / 30)
+            first, last, ticks = contents.first_pts, contents.last_pts, contents.frame_ticks
         return cls(
             name,
             Path(path),
             device,
             start,
-            info["frames"],
+            contents.frames,
             first,
             last,
             ticks,
-            info["width"],
-            info["height"],
+            contents.width,
+            contents.height,
             boot,
             seq,
             legacy_fps is not None,
@@ -111,7 +71,7 @@ class Segment:
 
     @property
     def duration(self) -> float:
-        return (self.last_pts - self.first_pts + self.ticks) / CLOCK
+        return duration(self.first_pts, self.last_pts, self.ticks)
 
     @property
     def end(self) -> datetime:
@@ -279,7 +239,7 @@ def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
     """Mux one segment's packets; (frames, first pts, end) on the output timeline."""
     seg = placed.segment
     index, first, end = 0, None, 0
-    ticks = _to_ticks(stream.time_base)
+    ticks = to_ticks(stream.time_base)
     for packet in src.demux(stream):
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
             continue
@@ -305,7 +265,7 @@ def measure(path: Path) -> tuple[int, int]:
     frames, first, end = 0, None, 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        ticks = _to_ticks(stream.time_base)
+        ticks = to_ticks(stream.time_base)
         for packet in container.demux(stream):
             if packet.size == 0 or packet.pts is None:
                 continue

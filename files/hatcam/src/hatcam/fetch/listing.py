@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from azure.storage.blob import BlobPrefix
 
-from .naming import SegmentName
+from ..segment import Contents, SegmentName, SegmentRecord, blob_end
 
 LEGACY_DEVICE = "legacy"
 LEGACY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d{2}):(\d{2}):(\d{2})\.h264$")
@@ -38,13 +38,18 @@ class Remote:
     end: datetime | None = None  # from the metadata, when the device set it
     boot: str | None = None
     seq: int | None = None
-    # What the device recorded about the file (stitch.inspect's shape), from its metadata;
-    # None when incomplete or marked damaged: then the file itself is inspected.
-    info: dict | None = field(default=None, compare=False)
+    # What the device recorded about the segment, from its metadata; None when incomplete
+    # or marked damaged: then the file itself is inspected.
+    record: SegmentRecord | None = field(default=None, compare=False)
 
     @property
     def legacy(self) -> bool:
         return self.device == LEGACY_DEVICE
+
+    @property
+    def contents(self) -> Contents | None:
+        """What the file holds by the device's account (checked while stitching)."""
+        return self.record.contents if self.record else None
 
     @property
     def md5_b64(self) -> str | None:
@@ -94,21 +99,10 @@ def _md5(props) -> bytes | None:
     return bytes(md5) if md5 else None
 
 
-INFO_KEYS = ("frames", "first_pts", "last_pts", "width", "height")
-
-
-def _recorded_info(meta: dict) -> dict | None:
+def _recorded(meta: dict) -> SegmentRecord | None:
     """The device's own account of a segment, if it gave a complete and sane one."""
-    if meta.get("damaged") == "true":
-        return None
-    try:
-        info = {key: int(meta[key]) for key in INFO_KEYS}
-    except (KeyError, ValueError):
-        return None
-    if info["frames"] < 1 or info["last_pts"] < info["first_pts"]:
-        return None
-    info["from_metadata"] = True  # not from the file: checked while stitching
-    return info
+    record = SegmentRecord.from_blob_metadata(meta)
+    return None if record is None or record.damaged else record
 
 
 def _segment(props) -> Remote | None:
@@ -117,10 +111,6 @@ def _segment(props) -> Remote | None:
     if name is None:
         return None
     meta = props.metadata or {}
-    try:
-        end = datetime.fromisoformat(meta["end"]).astimezone(UTC) if "end" in meta else None
-    except ValueError:
-        end = None
     md5 = _md5(props)
     return Remote(
         props.name,
@@ -129,10 +119,10 @@ def _segment(props) -> Remote | None:
         props.size,
         md5,
         props.etag,
-        end,
+        blob_end(meta),
         boot=name.boot,
         seq=name.seq,
-        info=_recorded_info(meta),
+        record=_recorded(meta),
     )
 
 

@@ -25,11 +25,16 @@ from pathlib import Path
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError
 
+from ..blob import explain
+from ..files import write_atomic
+from ..retry import backoff
+from ..segment import Contents
 from .listing import Remote
 
 log = logging.getLogger("hatcam.download")
 
 ATTEMPTS = 3  # per blob: network errors resume, a bad hash starts over
+RETRY_CAP = 4.0  # seconds: an operator is waiting
 READ_SIZE = 1 << 20
 
 
@@ -39,7 +44,7 @@ class Outcome:
     path: Path
     status: str  # cached, downloaded, resumed, failed
     fetched: int = 0  # bytes transferred by this run
-    info: dict | None = None  # what ``inspect`` said about the file
+    contents: Contents | None = None  # what ``inspect`` said about the file
     error: str | None = None
 
     @property
@@ -62,7 +67,7 @@ class Cache:
     def path(self, remote: Remote) -> Path:
         return self.root / remote.cache_name
 
-    def known_good(self, remote: Remote) -> dict | None:
+    def known_good(self, remote: Remote) -> Contents | None:
         """The recorded inspection of a cached file still identical to the blob, else None."""
         entry = self.entries.get(remote.cache_name)
         if not entry or entry.get("md5") != remote.md5_b64 or entry.get("size") != remote.size:
@@ -73,24 +78,26 @@ class Cache:
             return None
         if stat.st_size != remote.size or stat.st_mtime_ns != entry.get("mtime_ns"):
             return None
-        return entry.get("info")
+        try:
+            return Contents.from_dict(entry["info"])
+        except (KeyError, TypeError):
+            return None
 
-    def record(self, remote: Remote, info: dict) -> None:
+    def record(self, remote: Remote, contents: Contents) -> None:
         stat = self.path(remote).stat()
         with self.lock:
             self.entries[remote.cache_name] = {
                 "size": remote.size,
                 "md5": remote.md5_b64,
                 "mtime_ns": stat.st_mtime_ns,
-                "info": info,
+                "info": contents.to_dict(),
             }
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_name(".verified.json.tmp")
         with self.lock:
-            tmp.write_text(json.dumps(self.entries, indent=0, sort_keys=True))
-        os.replace(tmp, self.manifest_path)
+            text = json.dumps(self.entries, indent=0, sort_keys=True)
+        write_atomic(self.manifest_path, text.encode(), durable=False)
 
 
 def md5_of(path: Path, length: int | None = None):
@@ -108,23 +115,12 @@ def md5_of(path: Path, length: int | None = None):
     return digest
 
 
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    code = getattr(exc, "error_code", None)
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    if status == 403:
-        return f"refused ({status} {code}): the credential lacks read rights or has expired"
-    if status == 404:
-        return "the blob disappeared before it could be downloaded"
-    return f"{type(exc).__name__}{f' {status}' if status else ''}: {first}"
-
-
 class Downloader:
     def __init__(
         self,
         client,
         cache: Cache,
-        inspect: Callable[[Remote, Path], dict],
+        inspect: Callable[[Remote, Path], Contents],
         progress,
         jobs: int = 8,
     ):
@@ -139,9 +135,9 @@ class Downloader:
         (then Batch.close) keeps the .part files for the next run to resume."""
         cached, todo = [], []
         for remote in remotes:
-            info = self.cache.known_good(remote)
-            if info is not None:
-                cached.append(Outcome(remote, self.cache.path(remote), "cached", info=info))
+            contents = self.cache.known_good(remote)
+            if contents is not None:
+                cached.append(Outcome(remote, self.cache.path(remote), "cached", contents=contents))
             else:
                 todo.append(remote)
         self.progress.start(sum(r.size for r in todo), len(todo), len(cached))
@@ -159,17 +155,17 @@ class Downloader:
             return Outcome(remote, final, "failed", error=str(exc))
         except Exception as exc:  # one bad blob must not stop the others
             log.debug("%s failed", remote.name, exc_info=True)
-            return Outcome(remote, final, "failed", error=_describe(exc))
+            return Outcome(remote, final, "failed", error=explain(exc, "download", "r", "rl"))
 
     def _reuse_unrecorded(self, remote: Remote, final: Path) -> Outcome | None:
         """A complete file the record does not vouch for: keep it if its hash is right."""
         if not final.exists():
             return None
         if final.stat().st_size == remote.size and self._matches(remote, md5_of(final)):
-            info = self.inspect(remote, final)
-            self.cache.record(remote, info)
+            contents = self.inspect(remote, final)
+            self.cache.record(remote, contents)
             self.progress.advance(remote.size)
-            return Outcome(remote, final, "cached", info=info)
+            return Outcome(remote, final, "cached", contents=contents)
         log.warning("%s: cached copy is damaged; downloading it again", remote.name)
         final.unlink()
         return None
@@ -200,20 +196,20 @@ class Downloader:
                 error = "the blob changed while it was being downloaded"
                 continue
             except (AzureError, OSError) as exc:
-                error = _describe(exc)
+                error = explain(exc, "download", "r", "rl")
                 if isinstance(exc, HttpResponseError) and exc.status_code in (403, 404):
                     break
-                time.sleep(min(4.0, 0.5 * 2**attempt))
+                time.sleep(backoff(attempt, RETRY_CAP))
                 continue
             if self._matches(remote, digest):
                 os.replace(part, final)
                 try:
-                    info = self.inspect(remote, final)
+                    contents = self.inspect(remote, final)
                 except ValueError as exc:
                     return Outcome(remote, final, "failed", fetched, error=str(exc))
-                self.cache.record(remote, info)
+                self.cache.record(remote, contents)
                 status = "resumed" if resumed and not restarted else "downloaded"
-                return Outcome(remote, final, status, fetched, info)
+                return Outcome(remote, final, status, fetched, contents)
             part.unlink()
             restarted = True
             error = (

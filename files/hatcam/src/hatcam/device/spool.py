@@ -20,28 +20,10 @@ import shutil
 import threading
 from pathlib import Path
 
-from .naming import SegmentName
+from ..files import fsync_dir, write_atomic
+from ..segment import SegmentName, SegmentRecord
 
 log = logging.getLogger("hatcam.spool")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class Spool:
@@ -87,12 +69,16 @@ class Spool:
         return segment.with_suffix(".json")
 
     def read_metadata(self, segment: Path) -> dict:
+        """The sidecar as stored (JSON)."""
         return json.loads(self.metadata_path(segment).read_text())
 
-    def commit(self, recording_path: Path, metadata: dict) -> Path:
-        """Move a closed, fsync'd segment into ready/ with its metadata."""
+    def read_record(self, segment: Path) -> SegmentRecord:
+        return SegmentRecord.from_sidecar(self.read_metadata(segment))
+
+    def commit(self, recording_path: Path, record: SegmentRecord) -> Path:
+        """Move a closed, fsync'd segment into ready/ with its record."""
         target = self.ready / recording_path.name
-        write_atomic(self.metadata_path(target), json.dumps(metadata).encode())
+        write_atomic(self.metadata_path(target), json.dumps(record.to_sidecar()).encode())
         os.replace(recording_path, target)
         fsync_dir(self.ready)
         fsync_dir(self.recording)

@@ -49,7 +49,7 @@ def open_camera(settings) -> Camera:
     try:
         from .picam import PiCamera  # imports picamera2, present only on a Pi
     except ImportError as exc:
-        from ..config import ConfigError
+        from ...config import ConfigError
 
         raise ConfigError(
             [

@@ -12,10 +12,9 @@ import os
 import redis
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-from .blobstore import container_client, describe
+from ..blob import container_client, describe, error_code, explain
 from .spool import Spool
 from .stills import redis_location
-from .uploader import explain
 
 
 def check_blob(settings) -> tuple[bool, str]:
@@ -27,9 +26,9 @@ def check_blob(settings) -> tuple[bool, str]:
         client.get_container_properties()
         return True, f"{where}: reachable, container exists"
     except HttpResponseError as exc:
-        if exc.error_code == "AuthorizationPermissionMismatch":
+        if error_code(exc) == "AuthorizationPermissionMismatch":
             return True, f"{where}: reachable, credential accepted (create-only SAS)"
-        if exc.error_code == "ContainerNotFound" and not settings.blob_sas_url:
+        if error_code(exc) == "ContainerNotFound" and not settings.blob_sas_url:
             return True, f"{where}: reachable; the uploader creates the container"
         return False, f"{where}: {explain(exc)}"
     except (ServiceRequestError, ServiceResponseError) as exc:

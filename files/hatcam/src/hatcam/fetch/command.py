@@ -16,19 +16,19 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from .. import config
+from ..blob import connection_string_sas, container_client, describe, explain, sas_permissions
+from ..files import write_atomic
+from ..segment import Contents, probe
 from . import listing, stitch
-from .blobstore import container_client, describe
-from .config import DEVICE_RE
 from .download import Batch, Cache, Downloader, Outcome, md5_of
 from .progress import make_progress
 
@@ -166,7 +166,7 @@ class Fetch:
             except (ZoneInfoNotFoundError, ValueError):
                 raise ValueError(f"--legacy-tz: unknown time zone {args.legacy_tz!r}") from None
         for device in args.device or []:
-            if device != listing.LEGACY_DEVICE and not DEVICE_RE.match(device):
+            if device != listing.LEGACY_DEVICE and not config.valid_device(device):
                 raise ValueError(f"--device: {device!r} is not a device name")
         if args.jobs < 1 or args.jobs > 64:
             raise ValueError("--jobs must be from 1 to 64")
@@ -177,13 +177,11 @@ class Fetch:
         return since, until, zone
 
     def delete_right_missing(self) -> str | None:
-        """A SAS inside a connection string that lacks 'd' (cli.py checks SAS URLs)."""
-        text = self.settings.blob_connection_string or ""
-        parts = dict(item.split("=", 1) for item in text.split(";") if "=" in item)
-        token = parts.get("SharedAccessSignature")
+        """A SAS inside a connection string that lacks 'd' (config checks SAS URLs)."""
+        token = connection_string_sas(self.settings.blob_connection_string)
         if token is None:
             return None
-        granted = parse_qs(token.lstrip("?")).get("sp", [""])[0]
+        granted = sas_permissions(token)
         if "d" in granted:
             return None
         return (
@@ -192,18 +190,18 @@ class Fetch:
             "sp=rld, or run without --delete-after"
         )
 
-    def inspect(self, remote: listing.Remote, path: Path) -> dict:
+    def inspect(self, remote: listing.Remote, path: Path) -> Contents:
         """What stitching needs to know of a verified file: the device's own account
         (its metadata) when it gave one, else what demuxing the file shows."""
-        return remote.info or stitch.inspect(path, remote.legacy)
+        return remote.contents or probe(path, legacy=remote.legacy)
 
-    def segment(self, remote: listing.Remote, path: Path, info: dict) -> stitch.Segment:
-        return stitch.Segment.from_info(
+    def segment(self, remote: listing.Remote, path: Path, contents: Contents) -> stitch.Segment:
+        return stitch.Segment.from_contents(
             remote.name,
             path,
             remote.device,
             remote.start,
-            info,
+            contents,
             boot=remote.boot,
             seq=remote.seq,
             legacy_fps=self.args.legacy_fps if remote.legacy else None,
@@ -217,15 +215,15 @@ class Fetch:
             if not outcome.ok:
                 self.problem(f"{outcome.remote.name}: {outcome.error}; not stitched")
                 continue
-            info = outcome.info
-            if info.get("from_metadata"):
+            contents = outcome.contents
+            if contents.from_metadata:
                 try:
-                    info = stitch.inspect(outcome.path, outcome.remote.legacy)
+                    contents = probe(outcome.path, legacy=outcome.remote.legacy)
                 except ValueError as exc:
                     self.problem(f"{outcome.remote.name}: {exc}; not stitched")
                     continue
-                self.cache.record(outcome.remote, info)
-            found.append(self.segment(outcome.remote, outcome.path, info))
+                self.cache.record(outcome.remote, contents)
+            found.append(self.segment(outcome.remote, outcome.path, contents))
         return found
 
     def plan(self, segments: list[stitch.Segment]):
@@ -241,9 +239,8 @@ class Fetch:
             return {}
 
     def save_stitched(self, record: dict) -> None:
-        tmp = self.stitched_path.with_name(".stitched.json.tmp")
-        tmp.write_text(json.dumps(record, indent=0, sort_keys=True))
-        os.replace(tmp, self.stitched_path)
+        text = json.dumps(record, indent=0, sort_keys=True)
+        write_atomic(self.stitched_path, text.encode(), durable=False)
 
     def stitch_run(self, run: stitch.Run, record: dict, ready=None) -> str:
         """Write (or keep) one MP4: "written" or "unchanged"; raises if it cannot be written.
@@ -282,9 +279,9 @@ class Fetch:
         Returns (runs, splits, states), or None to stitch after the downloads instead:
         when a blob lacks the metadata, fails to download, or holds other than it says.
         """
-        if not all(r.info and not r.legacy for r in remotes):
+        if not all(r.contents and not r.legacy for r in remotes):
             return None
-        runs, splits = self.plan([self.segment(r, self.cache.path(r), r.info) for r in remotes])
+        runs, splits = self.plan([self.segment(r, self.cache.path(r), r.contents) for r in remotes])
 
         def ready(segment: stitch.Segment) -> None:
             if not batch.outcome(segment.name).ok:
@@ -339,13 +336,9 @@ class Fetch:
         try:
             one(names[0])
         except HttpResponseError as exc:
-            if exc.status_code == 403:
-                self.problem(
-                    f"--delete-after: the credential has no delete right ({exc.status_code} "
-                    f"{exc.error_code}); nothing was deleted. Use a SAS with sp=rld"
-                )
-            else:
-                self.problem(f"--delete-after: deleting {names[0]} failed ({exc.status_code})")
+            self.problem(
+                f"--delete-after: {explain(exc, 'delete', 'd', 'rld')}; nothing was deleted"
+            )
             return 0
         deleted = 1
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
@@ -355,7 +348,7 @@ class Fetch:
                     future.result()
                     deleted += 1
                 except HttpResponseError as exc:
-                    self.problem(f"--delete-after: deleting {name} failed ({exc.status_code})")
+                    self.problem(f"--delete-after: {name}: {explain(exc, 'delete', 'd', 'rld')}")
         return deleted
 
     def run(self) -> int:
@@ -374,7 +367,7 @@ class Fetch:
         try:
             chosen = listing.select(self.client, self.args.device, since, until, zone)
         except HttpResponseError as exc:
-            print(f"hatcam fetch: listing {where} failed: {exc.status_code} {exc.error_code}")
+            print(f"hatcam fetch: listing {where} failed: {explain(exc, 'listing', 'l', 'rl')}")
             return EXIT_FAILED
         remotes = [r for device in chosen.values() for r in device]
         if not remotes:

@@ -9,7 +9,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .naming import iso
+from ..files import write_atomic
+from ..segment import iso, parse_iso
 
 
 class StateFile:
@@ -20,10 +21,8 @@ class StateFile:
         # Not fsync'd: it is rewritten often and losing it to a power cut costs nothing.
         # Best effort: a full card must not stop a daemon over its status report.
         state = {**state, "pid": os.getpid(), "updated": iso(datetime.now(UTC))}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(state, indent=1))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(state, indent=1).encode(), durable=False)
 
     def read(self) -> dict | None:
         try:
@@ -36,7 +35,7 @@ def age(stamp: str | None) -> str:
     if not stamp:
         return "never"
     try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        moment = parse_iso(stamp)
     except ValueError:
         return stamp
     seconds = time.time() - moment.timestamp()

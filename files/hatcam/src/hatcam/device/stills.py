@@ -16,7 +16,6 @@ Pi Zero, for four commands.
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..retry import backoff
 from .camera import Still
 
 log = logging.getLogger("hatcam.stills")
@@ -261,7 +261,7 @@ class StillsPublisher:
                 failures += 1
                 self.connected = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                delay = random.uniform(0, min(self.retry_max, 2 ** min(failures, 16)))
+                delay = backoff(failures, self.retry_max)
                 log.warning(
                     "Redis at %s unavailable (%s); %d still(s) waiting, retry in %.1f s",
                     self.where,

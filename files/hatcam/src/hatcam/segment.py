@@ -1,0 +1,324 @@
+"""The segment contract between the device and the laptop, in one place.
+
+A segment's name: UTC, sortable, unique even when the clock jumps back. A Pi
+has no real-time clock, so the wall clock can start wrong and be corrected
+later. The name therefore carries, besides the start time, the kernel's boot id
+and a sequence number persisted in the spool: two segments never share a name.
+
+    local file:  20261121T235109.123Z-1a2b3c4d-000042.ts
+    blob:        <device>/2026-11-21/20261121T235109.123Z-1a2b3c4d-000042.ts
+
+A segment's record (``SegmentRecord``): what it holds, written by the camera as
+the sidecar JSON and carried by the uploader as blob metadata, so fetch can plan
+a stitch without opening the file. Its PTS are on the MPEG-TS 90 kHz clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+
+log = logging.getLogger("hatcam.segment")
+
+CLOCK = 90_000  # MPEG-TS timestamps: ticks per second
+TIME_BASE = Fraction(1, CLOCK)
+DEFAULT_FRAME_TICKS = CLOCK // 30  # a lone frame's length when nothing says otherwise
+
+SEGMENT_RE = re.compile(
+    r"^(?P<stamp>\d{8}T\d{6}\.\d{3}Z)-(?P<boot>[0-9a-f]{8})-(?P<seq>\d{6,})\.ts$"
+)
+STAMP_FORMAT = "%Y%m%dT%H%M%S"
+
+
+def boot_id() -> str:
+    """Eight hex digits that differ on every boot (the kernel's random boot id)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8]
+    except OSError:  # not Linux: a random id per process is unique enough
+        import secrets
+
+        return secrets.token_hex(4)
+
+
+def format_stamp(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return f"{moment:{STAMP_FORMAT}}.{moment.microsecond // 1000:03d}Z"
+
+
+def parse_stamp(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds, the form used in metadata and state files."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SegmentName:
+    start: datetime
+    boot: str
+    seq: int
+
+    @property
+    def filename(self) -> str:
+        return f"{format_stamp(self.start)}-{self.boot}-{self.seq:06d}.ts"
+
+    def blob_name(self, device: str) -> str:
+        return f"{device}/{self.start:%Y-%m-%d}/{self.filename}"
+
+    @classmethod
+    def parse(cls, filename: str) -> SegmentName | None:
+        match = SEGMENT_RE.match(Path(filename).name)
+        if not match:
+            return None
+        return cls(parse_stamp(match["stamp"]), match["boot"], int(match["seq"]))
+
+
+# --- time on the 90 kHz clock ---------------------------------------------------------
+
+
+def frame_ticks(fps: float) -> float:
+    """One frame at ``fps``, in 90 kHz ticks."""
+    return CLOCK / fps
+
+
+def duration(first_pts: int, last_pts: int, frame: float) -> float:
+    """Seconds from the first frame's start to the last frame's end (``frame`` in ticks)."""
+    return (last_pts - first_pts + frame) / CLOCK
+
+
+def to_ticks(time_base: Fraction):
+    """A fast int function turning timestamps in ``time_base`` into 90 kHz ticks."""
+    if time_base == TIME_BASE:
+        return int
+    num, den = time_base.numerator * CLOCK, time_base.denominator
+    return lambda value: value * num // den
+
+
+# --- what a file holds ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a segment file holds: frames, first and last PTS (90 kHz), picture size."""
+
+    frames: int
+    first_pts: int | None
+    last_pts: int | None
+    width: int | None = None
+    height: int | None = None
+    # True when taken from the device's metadata rather than read from the file: such
+    # contents are checked against the file while stitching.
+    from_metadata: bool = field(default=False, compare=False)
+
+    @property
+    def frame_ticks(self) -> int:
+        """One frame: the mean interval; a single frame is taken as 1/30 s."""
+        if self.frames > 1:
+            ticks = round((self.last_pts - self.first_pts) / (self.frames - 1))
+            if ticks:
+                return ticks
+        return DEFAULT_FRAME_TICKS
+
+    def to_dict(self) -> dict:
+        """JSON form (fetch's cache keeps it per verified file)."""
+        out = {
+            "frames": self.frames,
+            "first_pts": self.first_pts,
+            "last_pts": self.last_pts,
+            "width": self.width,
+            "height": self.height,
+        }
+        if self.from_metadata:
+            out["from_metadata"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Contents:
+        return cls(
+            data["frames"],
+            data["first_pts"],
+            data["last_pts"],
+            data.get("width"),
+            data.get("height"),
+            bool(data.get("from_metadata")),
+        )
+
+
+def probe(path: Path, *, legacy: bool = False, torn_ok: bool = False) -> Contents:
+    """Count the frames of a segment file and read its first and last PTS (90 kHz).
+
+    Legacy raw ``.h264`` has no timestamps (PTS stay None). ``torn_ok``: a file cut
+    short (a power loss, a crash) keeps the frames read before the damage instead of
+    failing. Raises ValueError when the file holds no readable frame.
+    """
+    import av  # here, not at the top: the uploader never demuxes and runs on 512 MB
+
+    frames, first, last, width, height = 0, None, None, None, None
+    try:
+        with av.open(str(path), format="h264" if legacy else "mpegts") as container:
+            if not container.streams.video:
+                raise ValueError(f"{path.name}: no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            ticks = to_ticks(stream.time_base)
+            for packet in container.demux(stream):
+                if packet.size == 0 or (packet.pts is None and not legacy):
+                    continue
+                frames += 1
+                if not legacy:
+                    last = ticks(packet.pts)
+                    first = last if first is None else first
+    except av.error.FFmpegError as exc:
+        if not torn_ok:
+            raise ValueError(f"{path.name}: not readable as video ({exc})") from None
+        log.warning("%s: read stopped early (%s); keeping %d frames", path.name, exc, frames)
+    if frames == 0:
+        raise ValueError(f"{path.name}: holds no video frame")
+    return Contents(frames, first, last, width, height)
+
+
+# --- the record: sidecar JSON and blob metadata ---------------------------------------
+
+# Blob metadata values are strings: booleans go as "true"/"false" (as Azure shows them).
+_TRUE, _FALSE = "true", "false"
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return _TRUE if value else _FALSE
+    return str(value)
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """What the camera recorded about one segment."""
+
+    device: str
+    start: datetime  # UTC, the segment's name
+    end: datetime
+    contents: Contents
+    clock_synced: bool  # the wall clock was NTP-synchronised when the segment opened
+    md5: str | None = None  # of the bytes as recorded; unknown for a recovered segment
+    recovered: bool = False  # queued after a crash or a failed write, not closed properly
+    damaged: bool = False  # changed on the card since it was recorded (found at upload)
+
+    @classmethod
+    def made(
+        cls,
+        device: str,
+        name: SegmentName,
+        contents: Contents,
+        fps: float,
+        clock_synced: bool,
+        md5: str | None = None,
+        recovered: bool = False,
+    ) -> SegmentRecord:
+        span = duration(contents.first_pts, contents.last_pts, frame_ticks(fps))
+        return cls(
+            device,
+            name.start,
+            name.start + timedelta(seconds=span),
+            contents,
+            clock_synced,
+            md5,
+            recovered,
+        )
+
+    @property
+    def duration(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+    def _fields(self) -> dict:
+        """Every field in the record's one flat order; None means unknown (left out)."""
+        c = self.contents
+        return {
+            "device": self.device,
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "frames": c.frames,
+            "first_pts": c.first_pts,
+            "last_pts": c.last_pts,
+            "clock_synced": self.clock_synced,
+            "width": c.width,
+            "height": c.height,
+            "md5": self.md5,
+            "recovered": self.recovered or None,
+            "damaged": self.damaged or None,
+        }
+
+    def to_sidecar(self) -> dict:
+        """The ``<name>.json`` beside the segment in the spool."""
+        return {k: v for k, v in self._fields().items() if v is not None}
+
+    @classmethod
+    def from_sidecar(cls, data: dict) -> SegmentRecord:
+        return cls._from(data, lambda v: v)
+
+    def to_blob_metadata(self) -> dict[str, str]:
+        """What fetch plans a stitch from without opening the file. The MD5 travels as the
+        blob's Content-MD5, and whether it was recovered does not matter there."""
+        fields = self._fields()
+        del fields["md5"], fields["recovered"]
+        return {k: _text(v) for k, v in fields.items() if v is not None}
+
+    @classmethod
+    def from_blob_metadata(cls, meta: dict[str, str]) -> SegmentRecord | None:
+        """The record a blob carries; None when it is incomplete or not sane (then the
+        file itself must be inspected)."""
+        try:
+            record = cls._from(meta, int)
+        except (KeyError, ValueError, TypeError):
+            return None
+        c = record.contents
+        if c.frames < 1 or c.last_pts < c.first_pts or c.width is None or c.height is None:
+            return None
+        return replace(record, contents=replace(c, from_metadata=True))
+
+    @classmethod
+    def _from(cls, data: dict, number) -> SegmentRecord:
+        def flag(key: str) -> bool:
+            value = data.get(key, False)
+            return value if isinstance(value, bool) else value == _TRUE
+
+        def maybe(key: str):
+            return None if data.get(key) is None else number(data[key])
+
+        contents = Contents(
+            number(data["frames"]),
+            number(data["first_pts"]),
+            number(data["last_pts"]),
+            maybe("width"),
+            maybe("height"),
+        )
+        return cls(
+            data["device"],
+            parse_iso(data["start"]),
+            parse_iso(data["end"]),
+            contents,
+            flag("clock_synced"),
+            data.get("md5"),
+            flag("recovered"),
+            flag("damaged"),
+        )
+
+    def marked_damaged(self) -> SegmentRecord:
+        return replace(self, damaged=True)
+
+
+def parse_iso(text: str) -> datetime:
+    """The inverse of ``iso`` (any ISO 8601 time with an offset), as UTC."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def blob_end(meta: dict[str, str]) -> datetime | None:
+    """The end time a blob's metadata gives, even when the rest of it is incomplete."""
+    try:
+        return parse_iso(meta["end"])
+    except (KeyError, ValueError):
+        return None
