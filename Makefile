@@ -22,7 +22,7 @@ $(VENV)/.installed: files/hatcam/pyproject.toml requirements-dev.txt tests/host-
 	tests/host-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./files/hatcam -r requirements-dev.txt
+	$(PY) -m pip install -q -e './files/hatcam[fetch]' -r requirements-dev.txt
 	touch $@
 
 $(AZURITE):
@@ -30,8 +30,9 @@ $(AZURITE):
 
 setup: $(VENV)/.installed $(AZURITE) ## install everything the tests need (apt, venv, Azurite)
 
-lint: setup ## ruff, yamllint, ansible-lint (production profile)
+lint: setup ## ruff, import contracts (.importlinter), yamllint, ansible-lint (production profile)
 	ruff check files/hatcam tests bench
+	lint-imports --no-cache
 	yamllint -s .
 	ansible-lint -q
 
