@@ -495,6 +495,25 @@ def test_a_refused_delete_stops_at_the_first_blob_and_is_reported(azurite, conta
     assert sorted(b.name for b in client.list_blobs()) == sorted(names)
 
 
+def test_fetch_on_a_laptop_ignores_the_device_settings(azurite, container, tmp_path, capsys):
+    """The laptop needs a blob credential, nothing else: a device setting that the camera
+    would refuse (or a computer name that is no device name) does not stop a fetch."""
+    name, _ = container
+    env = write_env(
+        tmp_path,
+        BLOB_CONNECTION_STRING=azurite.connection_string(),
+        HATCAM_BLOB_CONTAINER=name,
+        HATCAM_DEVICE="Alice's Laptop",
+        HATCAM_FPS="fast",
+    )
+    status, report, err = fetch(capsys, env, tmp_path / "footage")
+    assert status == 0, err
+    assert "no footage in range" in report
+    # The camera, given the same file, refuses it.
+    assert cli.main(["--env-file", str(env), "check"]) == 2
+    assert "HATCAM_FPS: must be a whole number" in capsys.readouterr().err
+
+
 def test_bad_options_are_refused_with_a_clear_line(azurite, container, tmp_path, capsys):
     name, _ = container
     env, out = conn_env(tmp_path, azurite, name), tmp_path / "footage"
