@@ -50,10 +50,14 @@ def sas_permissions(url_or_token: str) -> str:
     return parse_qs(query.lstrip("?")).get("sp", [""])[0]
 
 
+def connection_string_parts(text: str | None) -> dict[str, str]:
+    """A connection string's ``Name=value`` parts (AccountName, AccountKey, ...)."""
+    return dict(item.split("=", 1) for item in (text or "").split(";") if "=" in item)
+
+
 def connection_string_sas(text: str | None) -> str | None:
     """The SAS token inside a connection string (SharedAccessSignature=), if any."""
-    parts = dict(item.split("=", 1) for item in (text or "").split(";") if "=" in item)
-    return parts.get("SharedAccessSignature")
+    return connection_string_parts(text).get("SharedAccessSignature")
 
 
 def error_code(exc: Exception) -> str:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from dotenv import dotenv_values
 
-from .blob import sas_permissions
+from .blob import connection_string_parts, sas_permissions
 
 DEFAULT_ENV_FILES = (Path("/etc/hatcam/hatcam.env"), Path(".env"))
 RULES = json.loads((Path(__file__).with_name("settings.json")).read_text())
@@ -199,7 +199,7 @@ def default_device() -> str:
 def _check_connection_string(p: _Parser, text: str | None) -> None:
     if text is None:
         return
-    parts = dict(item.split("=", 1) for item in text.split(";") if "=" in item)
+    parts = connection_string_parts(text)
     if parts.get("UseDevelopmentStorage", "").lower() == "true":
         return
     if "AccountName" not in parts or not (

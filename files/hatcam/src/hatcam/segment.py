@@ -125,8 +125,9 @@ class Contents:
                 return ticks
         return DEFAULT_FRAME_TICKS
 
-    def to_dict(self) -> dict:
-        """JSON form (fetch's cache keeps it per verified file)."""
+    def to_dict(self, *, origin: bool = False) -> dict:
+        """JSON form: in the sidecar and the blob metadata (with the record's other fields),
+        and in fetch's cache per verified file, there with its ``origin`` (None: unknown)."""
         out = {
             "frames": self.frames,
             "first_pts": self.first_pts,
@@ -134,19 +135,25 @@ class Contents:
             "width": self.width,
             "height": self.height,
         }
-        if self.from_metadata:
+        if origin and self.from_metadata:
             out["from_metadata"] = True
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> Contents:
+    def from_dict(cls, data: dict, number=int) -> Contents:
+        """The inverse of ``to_dict``; ``number`` reads a count (blob metadata holds text).
+        Raises KeyError, ValueError or TypeError when a count is missing or not one."""
+
+        def maybe(key: str):
+            return None if data.get(key) is None else number(data[key])
+
         return cls(
-            data["frames"],
-            data["first_pts"],
-            data["last_pts"],
-            data.get("width"),
-            data.get("height"),
-            bool(data.get("from_metadata")),
+            number(data["frames"]),
+            number(data["first_pts"]),
+            number(data["last_pts"]),
+            maybe("width"),
+            maybe("height"),
+            data.get("from_metadata") is True,
         )
 
 
@@ -236,17 +243,12 @@ class SegmentRecord:
 
     def _fields(self) -> dict:
         """Every field in the record's one flat order; None means unknown (left out)."""
-        c = self.contents
         return {
             "device": self.device,
             "start": iso(self.start),
             "end": iso(self.end),
-            "frames": c.frames,
-            "first_pts": c.first_pts,
-            "last_pts": c.last_pts,
+            **self.contents.to_dict(),
             "clock_synced": self.clock_synced,
-            "width": c.width,
-            "height": c.height,
             "md5": self.md5,
             "recovered": self.recovered or None,
             "damaged": self.damaged or None,
@@ -258,7 +260,7 @@ class SegmentRecord:
 
     @classmethod
     def from_sidecar(cls, data: dict) -> SegmentRecord:
-        return cls._from(data, lambda v: v)
+        return cls._from(data)
 
     def to_blob_metadata(self) -> dict[str, str]:
         """What fetch plans a stitch from without opening the file. The MD5 travels as the
@@ -281,26 +283,16 @@ class SegmentRecord:
         return replace(record, contents=replace(c, from_metadata=True))
 
     @classmethod
-    def _from(cls, data: dict, number) -> SegmentRecord:
+    def _from(cls, data: dict, number=int) -> SegmentRecord:
         def flag(key: str) -> bool:
             value = data.get(key, False)
             return value if isinstance(value, bool) else value == _TRUE
 
-        def maybe(key: str):
-            return None if data.get(key) is None else number(data[key])
-
-        contents = Contents(
-            number(data["frames"]),
-            number(data["first_pts"]),
-            number(data["last_pts"]),
-            maybe("width"),
-            maybe("height"),
-        )
         return cls(
             data["device"],
             parse_iso(data["start"]),
             parse_iso(data["end"]),
-            contents,
+            Contents.from_dict(data, number),
             flag("clock_synced"),
             data.get("md5"),
             flag("recovered"),

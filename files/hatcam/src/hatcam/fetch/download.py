@@ -90,7 +90,7 @@ class Cache:
                 "size": remote.size,
                 "md5": remote.md5_b64,
                 "mtime_ns": stat.st_mtime_ns,
-                "info": contents.to_dict(),
+                "info": contents.to_dict(origin=True),
             }
 
     def save(self) -> None:
