@@ -99,4 +99,5 @@ def explain(exc: Exception, action: str = "upload", needs: str = "c", sp: str = 
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return f"blob store unreachable ({type(exc).__name__})"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{action} failed ({status or type(exc).__name__} {code}): {first[:200]}"
+    what = f"{status or type(exc).__name__} {code}".strip()
+    return f"{action} failed ({what}): {first[:200]}"
