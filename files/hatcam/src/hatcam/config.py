@@ -234,6 +234,14 @@ def _check_redis_url(p: _Parser, text: str | None) -> None:
     url = urlsplit(text)
     if url.scheme not in RULES["redis_schemes"] or not (url.hostname or url.path):
         p.fail("REDIS_URL", "must look like redis://[:password@]host:port/db or rediss://...")
+        return
+    options = parse_qs(url.query)
+    db = options.get("db", [""])[0] or (url.path.strip("/") if url.scheme != "unix" else "")
+    if set(options) - {"db"}:
+        unknown = ", ".join(sorted(set(options) - {"db"}))
+        p.fail("REDIS_URL", f"only the option db= is supported, got {unknown}")
+    elif db and not db.isdigit():
+        p.fail("REDIS_URL", f"the database must be a whole number, got {db!r}")
 
 
 def _resolution(p: _Parser) -> tuple[int, int]:

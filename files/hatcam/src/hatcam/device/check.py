@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 
-import redis
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from ..blob import container_client, describe, error_code, explain
+from .redislink import RedisLink, RedisReplyError, redis_location
 from .spool import Spool
-from .stills import redis_location
 
 
 def check_blob(settings) -> tuple[bool, str]:
@@ -39,13 +38,18 @@ def check_redis(settings) -> tuple[bool, str]:
     if not settings.redis_url:
         return (not settings.stills), "not configured (REDIS_URL)"
     where = redis_location(settings.redis_url)
+    link = RedisLink(settings.redis_url, timeout=5)  # the daemon's own link, not another client
     try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5).ping()
+        link.call(("PING",))
         return True, f"{where}: reachable"
-    except redis.AuthenticationError:
-        return False, f"{where}: password refused (check REDIS_URL)"
-    except redis.RedisError as exc:
+    except RedisReplyError as exc:
+        if str(exc).startswith(("WRONGPASS", "NOAUTH")):
+            return False, f"{where}: password refused (check REDIS_URL)"
+        return False, f"{where}: refused ({exc})"
+    except OSError as exc:
         return False, f"{where}: unreachable ({type(exc).__name__})"
+    finally:
+        link.close()
 
 
 def check_spool(settings) -> tuple[bool, str]:
