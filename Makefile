@@ -52,13 +52,13 @@ DEMO_SECONDS ?= 60
 
 demo: setup ## the whole product on a virtual Pi: provision, record (network cut midway), fetch, stitch
 	tests/host-deps.sh $(VPI_APT_PACKAGES)
-	$(SUDO) env PATH="$(PATH)" DEMO_SECONDS=$(DEMO_SECONDS) python tests/vpi/demo.py
+	$(SUDO) env PATH="$(PATH)" DEMO_SECONDS=$(DEMO_SECONDS) python -m tests.support.demo
 
 demo-clean: ## stop and remove whatever a demo left behind
-	$(SUDO) env PATH="$(PATH)" python tests/vpi/demo.py --clean
+	$(SUDO) env PATH="$(PATH)" python -m tests.support.demo --clean
 
 bench: setup ## measured figures beside their baselines -> bench/results.md (not part of test)
-	python bench/run.py
+	python -m bench.run
 
 HOST ?=
 INVENTORY ?=

@@ -1,14 +1,10 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from services import Azurite, RedisServer
+from tests.support.services import Azurite, RedisServer
 
 
 def pytest_configure(config):

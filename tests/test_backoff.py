@@ -20,8 +20,8 @@ from hatcam.device.camera.synthetic import SyntheticCamera
 from hatcam.device.stills import StillsPublisher
 from hatcam.device.uploader import Uploader
 
-from footage import record, wait_until
-from services import Azurite, RedisServer
+from tests.support.footage import record, wait_until
+from tests.support.services import Azurite, RedisServer
 
 RUNS = 200  # samples of each failure's wait: enough for the tolerances below
 CAP = 20.0  # HATCAM_RETRY_MAX_SECONDS: not a power of two, so the cap shows as itself

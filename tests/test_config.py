@@ -9,7 +9,7 @@ import pytest
 
 from hatcam import config
 
-from footage import hatcam
+from tests.support.footage import hatcam
 
 SECRET_KEY = "c2VjcmV0LWtleS10aGF0LW11c3QtbmV2ZXItYmUtcHJpbnRlZA=="
 GOOD_CS = (

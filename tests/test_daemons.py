@@ -10,7 +10,7 @@ import uuid
 
 import av
 
-from footage import hatcam, start_hatcam
+from tests.support.footage import hatcam, start_hatcam
 
 
 def test_camera_and_uploader_deliver_playable_gap_free_segments(tmp_path, azurite, redis_server):

@@ -15,11 +15,11 @@ from pathlib import Path
 import av
 import pytest
 import redis
-from azure.storage.blob import ContainerClient
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "tests" / "vpi" / "demo.py"
-VPI = ROOT / "tests" / "vpi" / "vpi.py"
+from tests.support import ROOT, hostsvc
+from tests.support.vpi import state as vpi_state
+from tests.support.vpi.guest import ssh_base
+
 STATE = ROOT / ".cache" / "demo" / "hostsvc.json"
 SPOOL = "/var/lib/hatcam/spool"
 SECONDS = 30  # recorded; the network is cut for the middle third
@@ -29,7 +29,11 @@ pytestmark = pytest.mark.root("the virtual Pi needs root")
 
 def demo(*args: str, timeout=1200) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(DEMO), *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "tests.support.demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -60,12 +64,8 @@ def store(kept_demo):
     """The blob store's own listing of the demo's device, oldest first, each blob with
     the (pts, keyframe) of its video packets and its decoded frame count."""
     _, summary, _ = kept_demo
-    state = json.loads(STATE.read_text())
-    client = ContainerClient.from_connection_string(
-        f"DefaultEndpointsProtocol=http;AccountName={state['account']};"
-        f"AccountKey={state['account_key']};BlobEndpoint={state['blob_endpoint']};",
-        state["container"],
-    )
+    state = hostsvc.load(STATE)
+    client = hostsvc.container(state)
     blobs = sorted(
         client.list_blobs(name_starts_with=f"{summary['device']}/", include=["metadata"]),
         key=lambda b: b.name,
@@ -82,7 +82,7 @@ def store(kept_demo):
 def on_the_card(command: str) -> str:
     """A command run on the kept virtual Pi, over its ssh."""
     done = subprocess.run(
-        [sys.executable, str(VPI), "ssh", "demo", command],
+        [*ssh_base(vpi_state.load("demo")), command],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,7 +12,7 @@ import pytest
 
 from hatcam.device.spool import Spool
 
-from footage import start_hatcam, wait_until
+from tests.support.footage import start_hatcam, wait_until
 
 pytestmark = pytest.mark.root("mounting a small tmpfs needs root")
 

@@ -32,7 +32,7 @@ from hatcam.device.uploader import Uploader
 from hatcam.fetch import listing
 from hatcam.segment import probe
 
-from http_proxy import HttpProxy
+from tests.support.http_proxy import HttpProxy
 
 W, H, FPS, SEG = 320, 240, 30, 2.0
 DAY = datetime(2026, 11, 21, tzinfo=UTC)

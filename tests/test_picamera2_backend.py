@@ -16,7 +16,7 @@ from hatcam.device.camera.synthetic import SyntheticCamera
 from hatcam.device.segmenter import Segmenter
 from hatcam.device.spool import Spool
 
-from footage import SMALL, packets
+from tests.support.footage import SMALL, packets
 
 
 class _Anything:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sdcard import SdCard
+from tests.support.sdcard import SdCard
 
 pytestmark = pytest.mark.root("mounts a FUSE file system (the test SD card)")
 

@@ -12,8 +12,16 @@ import pytest
 from hatcam.device.spool import Spool
 from hatcam.segment import SegmentName
 
-from footage import SMALL, decoded_frames, metadata, packets, record, start_hatcam, wait_until
-from sdcard import SdCard
+from tests.support.footage import (
+    SMALL,
+    decoded_frames,
+    metadata,
+    packets,
+    record,
+    start_hatcam,
+    wait_until,
+)
+from tests.support.sdcard import SdCard
 
 FRAME_PTS = 90_000 // SMALL["fps"]
 

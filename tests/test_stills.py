@@ -12,7 +12,7 @@ import redis
 from hatcam.device.camera.synthetic import SyntheticCamera
 from hatcam.device.stills import StillsPublisher
 
-from footage import start_hatcam
+from tests.support.footage import start_hatcam
 
 
 def wait_for_keys(client, count, timeout):

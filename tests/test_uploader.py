@@ -14,9 +14,9 @@ from azure.core.exceptions import HttpResponseError
 
 from hatcam.segment import SegmentName
 
-from footage import record, start_hatcam, wait_until
-from http_proxy import HttpProxy
-from services import Azurite
+from tests.support.footage import record, start_hatcam, wait_until
+from tests.support.http_proxy import HttpProxy
+from tests.support.services import Azurite
 
 
 @pytest.fixture

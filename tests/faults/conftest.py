@@ -1,4 +1,4 @@
-"""One provisioned virtual Pi for the whole fault suite (tests/vpi/session.py).
+"""One provisioned virtual Pi for the whole fault suite (tests/support/session.py).
 
 It is booted and provisioned once with the real playbook (a small, quick hat cam:
 320x240 at 10 fps, 4 s segments, a still every 2 s) beside its own Azurite (a custom
@@ -17,18 +17,14 @@ running) instead of booting one, and leaves it running.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vpi"))
-
-from .lab import Lab  # noqa: E402
-from session import VPI, ProvisionedPi, run  # noqa: E402
+from .lab import Lab
+from tests.support.session import VPI, ProvisionedPi, run
 
 # Overridable so that two fault suites can run side by side on one machine (development).
 NAME = os.environ.get("HATCAM_FAULTS_NAME", "faults")
@@ -64,16 +60,9 @@ def pi(tmp_path_factory):
     attach = os.environ.get("HATCAM_FAULTS_ATTACH")
     if attach:
         machine = ProvisionedPi(
-            NAME,
-            SUBNET,
-            Path(attach),
-            SETTINGS,
-            log=lambda text: None,
-            hostsvc_args=["--account", ACCOUNT],
+            NAME, SUBNET, Path(attach), SETTINGS, log=lambda text: None, account=ACCOUNT
         )
-        machine.vm = json.loads(run([*VPI, "status", NAME], capture_output=True).stdout)
-        machine.svc = json.loads(machine.svc_state.read_text())
-        yield machine
+        yield machine.attach()
         return
     workdir = tmp_path_factory.mktemp("faults-pi")
     run([*VPI, "down", NAME], check=False, capture_output=True)  # a killed run's leftovers
@@ -90,7 +79,7 @@ def pi(tmp_path_factory):
         workdir,
         SETTINGS,
         log=log,
-        hostsvc_args=["--account", ACCOUNT],
+        account=ACCOUNT,
     )
     try:
         with machine:

@@ -110,8 +110,7 @@ class Lab:
     # --- the guest -------------------------------------------------------------------
     def guest_init(self) -> int:
         """PID (on the host) of the guest's PID 1; changes when it boots again."""
-        state = json.loads((Path(self.pi.vm["merged"]).parent / "state.json").read_text())
-        return self.pi._guest_init(state["nspawn_pid"])
+        return self.pi.guest_init()
 
     def sh(self, script: str, check=True, timeout=120) -> str:
         """Run a shell script as root in the guest; its stdout. Through nsenter into the

@@ -3,7 +3,7 @@ process dies at once, no shutdown), and its SD card loses whatever was not synce
 boots again. The services come back by themselves; the cut segment is recovered, plays,
 and at most about a second of footage is lost; nothing already queued is lost.
 
-The spool sits on the test SD card for this case (tests/sdcard.py: a FUSE file system on
+The spool sits on the test SD card for this case (tests/support/sdcard.py: a FUSE file system on
 the host that keeps only synced bytes, and names only in synced directories), mounted
 over the spool directory in the guest's root while the guest is off, so the guest boots
 with it. What it does not model: the rest of the guest's root stays on the overlay (the
@@ -21,15 +21,14 @@ from pathlib import Path
 
 import pytest
 
-import vpi
 from .lab import NAME_RE, SPOOL, UNITS, stamp_time
-from sdcard import SdCard
+from tests.support.sdcard import SdCard
 
 MAX_LOST_S = 1.5  # "at most about one second"
 
 
 def _guest_running(pi) -> bool:
-    return vpi.alive(vpi.load_state(pi.name).get("nspawn_pid"))
+    return pi.running()
 
 
 def _turn_off(pi, lab) -> None:

@@ -7,8 +7,10 @@ cut for the middle third, then fetches and stitches the footage with the real
 ``hatcam fetch`` and exports a few stills from Redis. The summary's figures come from
 what happened: the blob listing, the decoded MP4, the Redis keys.
 
-    demo.py [--seconds 60] [--out demo] [--summary-json FILE] [--keep]
-    demo.py --clean          stop a kept or left-over demo and remove ./demo
+    python -m tests.support.demo [--seconds 60] [--out demo] [--summary-json FILE] [--keep]
+    python -m tests.support.demo --clean    stop a kept or left-over demo, remove ./demo
+
+(from the repository root)
 
 Cleans up everything it started on success, failure and Ctrl-C (unless --keep).
 """
@@ -28,7 +30,8 @@ from pathlib import Path
 
 import av
 
-from session import HOSTSVC, ROOT, VPI, ProvisionedPi, run
+from . import ROOT, hostsvc
+from .session import VPI, ProvisionedPi, run
 
 NAME, SUBNET = "demo", "10.213.9"
 WORK = ROOT / ".cache" / "demo"
@@ -219,9 +222,7 @@ def print_summary(s: dict, out: Path) -> None:
 
 
 def clean(out: Path | None) -> None:
-    state = WORK / "hostsvc.json"
-    if state.exists():
-        run([*HOSTSVC, "stop", "--state", str(state)], check=False, capture_output=True)
+    hostsvc.stop(WORK / "hostsvc.json")
     run([*VPI, "down", NAME], check=False, capture_output=True)
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)

@@ -9,29 +9,31 @@ tools through its own create/destroy playbooks):
         pi.container().list_blobs()
 
 Everything it starts is stopped on exit, also after an error or Ctrl-C: the guest (by
-vpi.py down: processes by PID, overlay, bridge, nftables table) and the host services
-(by PID). Needs root.
+vpi's down: processes by PID, overlay, bridge, nftables table) and the host services
+(by PID). Needs root. It asks ``vpi.state`` and ``hostsvc`` for what they own, and never
+opens their state files itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import redis
 from azure.storage.blob import ContainerClient
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-VPI = [sys.executable, str(HERE / "vpi.py")]
-HOSTSVC = [sys.executable, str(HERE / "hostsvc.py")]
+from . import ROOT, hostsvc
+from .procs import wait_for
+from .vpi import guest
+from .vpi import state as vstate
+
+# The guest is booted and stopped by vpi's command line, in a process of its own (its
+# tools talk on that process's stderr, kept out of a test's or the demo's output).
+VPI = [sys.executable, "-m", "tests.support.vpi"]
 CACHES = [
     f"{ROOT}/.cache/vpi/apt-archives:/var/cache/apt/archives",
     f"{ROOT}/.cache/vpi/pip:/root/.cache/pip",
@@ -56,6 +58,7 @@ DEFAULTS = {
 
 
 def run(cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("cwd", ROOT)  # where `python -m tests.support...` finds the package
     return subprocess.run(cmd, check=check, text=True, **kw)
 
 
@@ -68,7 +71,7 @@ class ProvisionedPi:
         settings: dict | None = None,
         device: str | None = None,
         log=print,
-        hostsvc_args: list[str] | None = None,
+        account: str | None = None,
     ):
         self.name = name
         self.subnet = subnet
@@ -79,9 +82,8 @@ class ProvisionedPi:
         self.vm: dict = {}
         self.svc: dict = {}
         self.svc_state = self.workdir / "hostsvc.json"
-        # More `hostsvc.py start` options, e.g. ["--account", "name"] (a secret account key).
-        self.hostsvc_args = list(hostsvc_args or [])
-        self._supervisor: subprocess.Popen | None = None
+        # An Azurite account of this name with a random key (default: the published one).
+        self.account = account
 
     # --- life cycle ---------------------------------------------------------------
     def __enter__(self) -> ProvisionedPi:
@@ -104,19 +106,15 @@ class ProvisionedPi:
             args += ["--cache", cache]
         self.vm = json.loads(run(args, capture_output=True).stdout)
         self.log("starting Azurite and redis-server beside it")
-        run(
-            [
-                *HOSTSVC,
-                "start",
-                "--host",
-                self.vm["host_ip"],
-                "--state",
-                str(self.svc_state),
-                *self.hostsvc_args,
-            ],
-            capture_output=True,
-        )
-        self.svc = json.loads(self.svc_state.read_text())
+        self.svc = hostsvc.start(self.vm["host_ip"], self.svc_state, self.account)
+
+    def attach(self) -> ProvisionedPi:
+        """Use a guest and services an earlier session left running (development)."""
+        if not vstate.running(self.name):
+            raise RuntimeError(f"{self.name} is not running")
+        self.vm = vstate.load(self.name)
+        self.svc = hostsvc.load(self.svc_state)
+        return self
 
     def provision(self, **overrides) -> subprocess.CompletedProcess:
         """Run the real ansible/provision.yml against the guest; returns the run."""
@@ -179,16 +177,13 @@ class ProvisionedPi:
         )
 
     def close(self) -> None:
-        if self.svc_state.exists():
-            run(
-                [*HOSTSVC, "stop", "--state", str(self.svc_state)], check=False, capture_output=True
-            )
+        hostsvc.stop(self.svc_state)
         run([*VPI, "down", self.name], check=False, capture_output=True)
 
     # --- the guest -----------------------------------------------------------------
     def ssh(self, command: str, check=True, timeout=120) -> subprocess.CompletedProcess:
         return run(
-            [*VPI, "ssh", self.name, command], check=check, capture_output=True, timeout=timeout
+            [*guest.ssh_base(self.vm), command], check=check, capture_output=True, timeout=timeout
         )
 
     def status(self) -> dict:
@@ -221,131 +216,42 @@ class ProvisionedPi:
         return Path(self.vm["merged"]).parent / "upper"
 
     def power_cut(self, timeout: float = 30) -> float:
-        """Pull the battery: SIGKILL the guest's systemd-nspawn and its PID 1 at once.
-
-        Killing nspawn alone leaves the guest's systemd and every daemon running,
-        orphaned; killing PID 1 of the guest's PID namespace makes the kernel kill every
-        process in it at the same moment, with no shutdown. The supervisor sees a status
-        other than 133 and exits. Returns the time of the kill (time.time()).
+        """Pull the battery (vpi.guest.power_cut); returns the time of the kill.
 
         The overlay is no SD card: the host's page cache keeps what the guest wrote but
-        had not synced. A test SD card mounted in the guest (tests/sdcard.py) loses it
+        had not synced. A test SD card mounted in the guest (support/sdcard.py) loses it
         when its own power_cut() follows this one, as a real card would."""
-        import vpi
-
-        state = vpi.load_state(self.name)
-        nspawn, sup = state.get("nspawn_pid"), state.get("supervisor_pid")
-        if not vpi.alive(nspawn):
-            raise RuntimeError(f"{self.name}: no running systemd-nspawn to kill")
-        init = self._guest_init(nspawn)
-        for pid in (init, nspawn):
-            os.kill(pid, signal.SIGKILL)
-        killed = time.time()
-        if self._supervisor is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._supervisor.wait(timeout)
-        self.wait_for(
-            lambda: not vpi.alive(nspawn) and not vpi.alive(sup) and not vpi.alive(init),
-            timeout,
-            "the guest's processes, nspawn and its supervisor to go after SIGKILL",
-            poll=0.1,
-        )
-        # The host end of the guest's veth normally goes with its network namespace, but
-        # the kernel may free that late; the next boot needs the name, so delete it.
-        veth = f"vb-{self.name}"[:15]
-        with contextlib.suppress(TimeoutError):
-            self.wait_for(lambda: self._link_gone(veth), 3, f"{veth} to go", poll=0.1)
-        if not self._link_gone(veth):
-            run(["ip", "link", "del", veth], check=False, capture_output=True)
-        return killed
-
-    @staticmethod
-    def _link_gone(name: str) -> bool:
-        return run(["ip", "link", "show", name], check=False, capture_output=True).returncode != 0
-
-    @staticmethod
-    def _guest_init(nspawn: int) -> int:
-        """The guest's PID 1: the child of nspawn that is PID 1 in its own namespace."""
-        for task in Path(f"/proc/{nspawn}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                status = Path(f"/proc/{child}/status").read_text()
-                nspid = next(x for x in status.splitlines() if x.startswith("NSpid:")).split()
-                if nspid[-1] == "1" and len(nspid) > 2:
-                    return int(child)
-        raise RuntimeError(f"no guest PID 1 under systemd-nspawn {nspawn}")
+        return guest.power_cut(self.name, timeout)
 
     def boot_again(self, timeout: float = 120) -> None:
-        """Power on again after power_cut(): a new supervisor boots nspawn on the same
-        overlay (the upper dir, the SD card, survived) the way `vpi.py up` does. nspawn
-        binds the guest's root with the mounts under it: a test SD card mounted on the
-        host under ``merged`` meanwhile is there in the guest."""
-        import vpi
+        """Power on again after power_cut() (vpi.guest.boot_again)."""
+        guest.boot_again(self.name, timeout)
 
-        state = vpi.load_state(self.name)
-        if vpi.alive(state.get("supervisor_pid")) or vpi.alive(state.get("nspawn_pid")):
-            raise RuntimeError(f"{self.name} is still running")
-        rdir = vpi.run_dir(self.name)
-        state["nspawn_pid"] = None
-        state.pop("nspawn_exit", None)
-        vpi.save_state(self.name, state)
-        with open(rdir / "console.log", "ab") as console:
-            self._supervisor = subprocess.Popen(
-                [*VPI, "_supervise", self.name],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # The supervisor saves the state once it started nspawn; record our PID after that,
-        # so neither write loses the other's field.
-        self.wait_for(
-            lambda: vpi.load_state(self.name).get("nspawn_pid"),
-            30,
-            "the supervisor to start systemd-nspawn",
-            poll=0.1,
-        )
-        state = vpi.load_state(self.name)
-        state["supervisor_pid"] = self._supervisor.pid
-        vpi.save_state(self.name, state)
-        vpi.wait_for_ssh(state, timeout)
+    def running(self) -> bool:
+        """The guest's systemd-nspawn is alive (not powered off or cut)."""
+        return vstate.nspawn_running(self.name)
+
+    def guest_init(self) -> int:
+        """PID (on the host) of the guest's PID 1; changes when it boots again."""
+        return vstate.guest_init(self.name)
 
     # --- the services beside it ------------------------------------------------------
     def stop_service(self, service: str) -> None:
         """Stop Azurite ("azurite") or redis-server ("redis"): an outage."""
-        run(
-            [*HOSTSVC, "stop-one", "--state", str(self.svc_state), "--service", service],
-            capture_output=True,
-        )
-        self.svc = json.loads(self.svc_state.read_text())
+        self.svc = hostsvc.stop_one(self.svc_state, service)
 
     def start_service(self, service: str) -> None:
         """Start it again on the same port and data directory (Redis: same password)."""
-        run(
-            [*HOSTSVC, "start-one", "--state", str(self.svc_state), "--service", service],
-            capture_output=True,
-        )
-        self.svc = json.loads(self.svc_state.read_text())
+        self.svc = hostsvc.start_one(self.svc_state, service)
 
     def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={self.svc['account']};"
-            f"AccountKey={self.svc['account_key']};"
-            f"BlobEndpoint={self.svc['blob_endpoint']};"
-        )
+        return hostsvc.connection(self.svc)
 
     def container(self) -> ContainerClient:
-        return ContainerClient.from_connection_string(
-            self.connection_string(), self.svc["container"]
-        )
+        return hostsvc.container(self.svc)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.svc["redis_url"], socket_timeout=5)
 
     def wait_for(self, predicate, timeout: float, what: str, poll=1.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(poll)
-        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        return wait_for(predicate, timeout, what, poll)
