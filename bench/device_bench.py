@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Device-side figures, each beside a baseline measured in the same run.
 
-    .venv/bin/python bench/device_bench.py [--quick] [--json]
+    python -m bench.device_bench [--quick] [--json]     (from the repository root)
 
 Sections (issue "make bench"):
   continuity  360 segments through the real segmenter vs a seed-style cut on time
@@ -32,18 +32,16 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import av  # noqa: E402
-import redis  # noqa: E402
+import av
+import redis
 
 from hatcam.device.camera.synthetic import SyntheticCamera  # noqa: E402
 from hatcam.device.segmenter import Segmenter  # noqa: E402
 from hatcam.device.spool import Spool  # noqa: E402
 from hatcam.device.stills import StillsPublisher  # noqa: E402
 
-from services import Azurite, RedisServer  # noqa: E402
+from tests.support import ROOT
+from tests.support.services import Azurite, RedisServer
 
 WORK = ROOT / "bench" / "work" / "device"
 BASELINES = ROOT / "bench" / "baselines"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fetch + stitch N segments: ``hatcam fetch`` against a plain baseline, same run.
 
-    .venv/bin/python bench/fetch_bench.py [--segments 360] [--seconds 2] [--size 320x240]
+    python -m bench.fetch_bench [--segments 360] [--seconds 2] [--size 320x240]
 
 Starts its own Azurite, records N segments with the synthetic camera through
 the real segmenter, uploads them like the device (Content-MD5, metadata), then
@@ -31,16 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
 from hatcam import config  # noqa: E402
 from hatcam.device.camera.synthetic import SyntheticCamera  # noqa: E402
 from hatcam.device.segmenter import Segmenter  # noqa: E402
 from hatcam.device.spool import Spool  # noqa: E402
 from hatcam.device.uploader import Uploader  # noqa: E402
 
-from services import Azurite  # noqa: E402
+from tests.support import ROOT
+from tests.support.services import Azurite
 
 BASELINES = ROOT / "bench" / "baselines"
 DEVICE = "benchcam"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """``make bench``: every figure beside its baseline, printed and written to bench/results.md.
 
-    .venv/bin/python bench/run.py [--quick]
+    python -m bench.run [--quick]          (from the repository root)
 
 Runs bench/device_bench.py and bench/fetch_bench.py (each starts its own
 Azurite / redis-server), then tabulates. Ratios are the point: these machines
@@ -29,7 +29,10 @@ class BenchFailed(SystemExit):
 
 def run_json(script: str, *args: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(HERE / script), "--json", *args], capture_output=True, text=True
+        [sys.executable, "-m", f"bench.{Path(script).stem}", "--json", *args],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
     )
     sys.stderr.write(proc.stderr)
     last = proc.stdout.strip().splitlines()[-1:] or [""]
