@@ -332,13 +332,13 @@ def power_cut(name: str, timeout: float = 30) -> float:
     with contextlib.suppress(TimeoutError):
         wait_for(lambda: _link_gone(veth), 3, f"{veth} to go", 0.1)
     if not _link_gone(veth):
-        run(["ip", "link", "del", veth], check=False, capture_output=True)
+        run(["ip", "link", "del", veth], check=False, stderr=subprocess.DEVNULL)
     return killed
 
 
 def _link_gone(link: str) -> bool:
-    cmd = ["ip", "link", "show", link]
-    return run(cmd, check=False, capture_output=True).returncode != 0
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return run(["ip", "link", "show", link], check=False, **quiet).returncode != 0
 
 
 def boot_again(name: str, timeout: float = 120) -> None:
