@@ -34,6 +34,8 @@ BAD = [
     ({"IMAGE_EXPIRY": "soon"}, "IMAGE_EXPIRY: must be a whole number"),
     ({"CAMERA_AUTOFOCUS": "sometimes"}, "CAMERA_AUTOFOCUS: must be on or off"),
     ({"REDIS_URL": "http://x:6379"}, "REDIS_URL: must look like redis://"),
+    ({"REDIS_URL": "redis://x:6379/0?health_check_interval=5"}, "REDIS_URL: only the option db="),
+    ({"REDIS_URL": "redis://x:6379/images"}, "REDIS_URL: the database must be a whole number"),
     (
         {"HATCAM_BLOB_SAS_URL": "https://a.blob.core.windows.net/videos?sv=1"},
         "HATCAM_BLOB_SAS_URL: has no SAS token",

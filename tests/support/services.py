@@ -133,11 +133,13 @@ class RedisServer:
         host: str = "127.0.0.1",
         detach: bool = False,
         pid: int | None = None,
+        extra: str = "",
     ):
         self.workdir = Path(workdir)
         self.host = host
         self.port = port or free_port()
         self.password = password
+        self.extra = extra  # more redis.conf lines, after ours (a later line wins)
         self.detach = detach
         self.pid = pid
 
@@ -148,7 +150,9 @@ class RedisServer:
         conf.touch(mode=0o600)
         conf.write_text(
             f'bind {self.host}\nport {self.port}\nsave ""\nappendonly no\n'
-            f"dir {self.workdir}\n" + (f"requirepass {self.password}\n" if self.password else "")
+            f"dir {self.workdir}\n"
+            + (f"requirepass {self.password}\n" if self.password else "")
+            + self.extra
         )
         self.pid = spawn([binary, str(conf)], self.workdir / "redis.log", None, self.detach)
         try:
