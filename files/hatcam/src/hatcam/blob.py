@@ -18,7 +18,15 @@ if TYPE_CHECKING:
 # The storage SDK's default retry waits 15 s, then 18 s... before giving up: far
 # too long under an outer loop that already retries forever.
 SDK_OPTIONS = {"connection_timeout": 10, "read_timeout": 60}
-RIGHTS = {"c": "create", "w": "write", "r": "read", "l": "list", "d": "delete"}
+RIGHTS = {
+    "c": "create",
+    "a": "add (append)",
+    "w": "write",
+    "r": "read",
+    "l": "list",
+    "d": "delete",
+}
+LIVE_PERMISSIONS = "ca"  # what live upload needs: create append blobs, append to them
 
 
 def container_client(settings, retries: int = 2, **overrides) -> ContainerClient:
@@ -48,6 +56,19 @@ def sas_permissions(url_or_token: str) -> str:
     """The ``sp=`` of a SAS URL or token: what its holder may do (c create, r read, ...)."""
     query = urlsplit(url_or_token).query if "://" in url_or_token else url_or_token
     return parse_qs(query.lstrip("?")).get("sp", [""])[0]
+
+
+def allows_live(sp: str) -> bool:
+    """Whether a SAS with these permissions can upload live (create and append)."""
+    return all(p in sp for p in LIVE_PERMISSIONS)
+
+
+def settings_allow_live(settings) -> bool:
+    """Live upload works with a connection string's key, or a SAS granting ``ca``."""
+    if settings.blob_sas_url:
+        return allows_live(sas_permissions(settings.blob_sas_url))
+    sas = connection_string_sas(settings.blob_connection_string)
+    return True if sas is None else allows_live(sas_permissions(sas))
 
 
 def connection_string_parts(text: str | None) -> dict[str, str]:

@@ -314,3 +314,65 @@ def blob_end(meta: dict[str, str]) -> datetime | None:
         return parse_iso(meta["end"])
     except (KeyError, ValueError):
         return None
+
+
+# --- live upload: the open blob and its closing record --------------------------------
+
+CLOSING_SUFFIX = ".end"  # the closing record of a live (append) blob: "<blob>.end"
+LIVE_KEY = "live"  # metadata of a live append blob, set when it is created
+
+
+def closing_record_name(blob: str) -> str:
+    """The closing record's blob name for a segment blob."""
+    return blob + CLOSING_SUFFIX
+
+
+def segment_blob_of(closing: str) -> str | None:
+    """The segment blob a closing record belongs to; None if ``closing`` is not one."""
+    return closing[: -len(CLOSING_SUFFIX)] if closing.endswith(CLOSING_SUFFIX) else None
+
+
+def open_blob_metadata(
+    device: str, start: datetime, clock_synced: bool, width: int | None, height: int | None
+) -> dict[str, str]:
+    """What a live append blob carries from its creation: what is known at open."""
+    meta = {"device": device, "start": iso(start), "clock_synced": _text(clock_synced)}
+    if width is not None and height is not None:
+        meta.update(width=str(width), height=str(height))
+    meta[LIVE_KEY] = _TRUE
+    return meta
+
+
+@dataclass(frozen=True)
+class ClosingRecord:
+    """A finished live segment: its record, and the length and MD5 of the device's bytes.
+
+    Stored as the metadata of the create-only block blob ``<blob>.end`` (the record's
+    blob-metadata form plus ``length`` and ``md5``), its body the same as JSON. Bytes
+    past ``length`` were appended by someone else after the device finished.
+    """
+
+    record: SegmentRecord
+    length: int
+    md5: str  # hex MD5 of bytes [0, length)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {**self.record.to_blob_metadata(), "length": str(self.length), "md5": self.md5}
+
+    def to_json(self) -> bytes:
+        import json
+
+        return json.dumps(self.to_metadata(), sort_keys=True).encode()
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> ClosingRecord | None:
+        """The inverse of ``to_metadata`` (also reads ``to_json``'s dict); None when it
+        is incomplete or not sane."""
+        record = SegmentRecord.from_blob_metadata(meta)
+        try:
+            length, md5 = int(meta["length"]), str(meta["md5"]).lower()
+        except (KeyError, ValueError, TypeError):
+            return None
+        if record is None or length < 0 or not re.fullmatch(r"[0-9a-f]{32}", md5):
+            return None
+        return cls(record, length, md5)
