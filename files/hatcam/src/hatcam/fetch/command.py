@@ -7,7 +7,14 @@ Lists only the blobs in range (listing.py), downloads them in parallel into
 continuous run into ``<out>/<device>_<UTC start>.mp4`` (stitch.py), prints a
 report, and with ``--delete-after`` deletes the blobs whose MP4 was written
 and checked. Exit status: 0 all well, 1 something was not downloaded,
-verified, stitched or deleted (the report says which), 2 bad options.
+verified, stitched or deleted, or a live segment was tampered with (the report
+says which), 2 bad options.
+
+Live segments (append blobs, see listing.py): a finished one is used up to its
+closing record's length and checked against its MD5; bytes appended after it
+are reported and left out. An unfinished one (no closing record) is stitched
+with what it holds in whole frames and reported as unfinished: nothing can
+verify it.
 """
 
 from __future__ import annotations
@@ -193,6 +200,8 @@ class Fetch:
     def inspect(self, remote: listing.Remote, path: Path) -> Contents:
         """What stitching needs to know of a verified file: the device's own account
         (its metadata) when it gave one, else what demuxing the file shows."""
+        if remote.kind == listing.UNFINISHED:
+            return stitch.whole_frames(path, remote.torn)
         return remote.contents or probe(path, legacy=remote.legacy)
 
     def segment(self, remote: listing.Remote, path: Path, contents: Contents) -> stitch.Segment:
@@ -205,6 +214,7 @@ class Fetch:
             boot=remote.boot,
             seq=remote.seq,
             legacy_fps=self.args.legacy_fps if remote.legacy else None,
+            cut=remote.kind == listing.UNFINISHED,
         )
 
     def segments(self, outcomes: list[Outcome]) -> list[stitch.Segment]:
@@ -306,9 +316,21 @@ class Fetch:
             f"{len(outcomes) - cached - failed} ({resumed} resumed, {_mb(fetched)}), "
             f"{cached} already here" + (f", {failed} FAILED" if failed else "")
         )
-        unhashed = sum(r.md5 is None for r in remotes)
+        unhashed = sum(r.md5 is None and r.kind == listing.WHOLE for r in remotes)
         if unhashed:
             self.say(f"  {unhashed} blob(s) have no stored MD5: checked by size only")
+        live = sum(r.kind == listing.LIVE for r in remotes)
+        if live:
+            self.say(f"  {live} sent live and finished: checked against their closing records")
+        kept = {o.remote.name: o.contents for o in outcomes if o.ok}
+        for remote in remotes:
+            if remote.kind == listing.UNFINISHED:
+                contents = kept.get(remote.name)
+                held = f"{contents.frames} whole frames kept" if contents else "nothing usable"
+                self.say(
+                    f"  unfinished (no closing record): {remote.name}: {held}; "
+                    "its bytes cannot be verified"
+                )
         for index, run in enumerate(runs):
             path = self.root / run.filename
             size = path.stat().st_size if path.is_file() else 0
@@ -364,13 +386,16 @@ class Fetch:
         where = describe(self.client)
         span = f"{_local(since) if since else 'the beginning'} to {_local(until)}"
         self.say(f"fetching from {where}, {span}")
+        notes: list[str] = []
         try:
-            chosen = listing.select(self.client, self.args.device, since, until, zone)
+            chosen = listing.select(self.client, self.args.device, since, until, zone, notes)
         except HttpResponseError as exc:
             print(f"hatcam fetch: listing {where} failed: {explain(exc, 'listing', 'l', 'rl')}")
             return EXIT_FAILED
+        for note in notes:
+            self.problem(note)
         remotes = [r for device in chosen.values() for r in device]
-        if not remotes:
+        if not remotes and not notes:
             self.say(f"no footage in range for {', '.join(chosen) or 'any device'}")
             return EXIT_OK
         self.root.mkdir(parents=True, exist_ok=True)
@@ -404,6 +429,12 @@ class Fetch:
                 self.say(f"{device}: no footage in range")
                 continue
             results = by_device[device]
+            for remote in in_range:
+                if remote.added:
+                    self.problem(
+                        f"{remote.name}: {remote.added} bytes added after the device "
+                        "finished it; left out"
+                    )
             done = stitched.get(device)
             if done is None:
                 runs, splits = self.plan(self.segments(results))
@@ -416,6 +447,9 @@ class Fetch:
                 for run, state in zip(runs, states, strict=True):
                     if state is not None:
                         deletable += run.names
+                        # A finished live segment goes with its closing record.
+                        live = {r.name for r in in_range if r.kind == listing.LIVE}
+                        deletable += [n + listing.END_SUFFIX for n in run.names if n in live]
         self.cache.save()
         if self.args.delete_after:
             deleted = self.delete(deletable)

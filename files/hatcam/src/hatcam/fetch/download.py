@@ -6,6 +6,11 @@ the blob store holds. A ``.part`` left by an interrupted run is resumed from
 where it stopped; if the result does not verify it is fetched again from the
 start. ``verified.json`` remembers what was verified (size, MD5, mtime) so a
 second run neither downloads nor re-reads anything.
+
+A live segment (an append blob) is fetched only over its first ``size`` bytes:
+a finished one's are checked against its closing record's MD5, whatever was
+appended after them is never downloaded; an unfinished one that grew since the
+last run is resumed from the copy in the cache.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from ..blob import explain
 from ..files import write_atomic
 from ..retry import backoff
 from ..segment import Contents
-from .listing import Remote
+from .listing import LIVE, Remote
 
 log = logging.getLogger("hatcam.download")
 
@@ -161,6 +166,10 @@ class Downloader:
         """A complete file the record does not vouch for: keep it if its hash is right."""
         if not final.exists():
             return None
+        if remote.append and final.stat().st_size < remote.size:
+            # An append blob only grows: the copy is the start of it, resumed from there.
+            os.replace(final, final.with_name(final.name + ".part"))
+            return None
         if final.stat().st_size == remote.size and self._matches(remote, md5_of(final)):
             contents = self.inspect(remote, final)
             self.cache.record(remote, contents)
@@ -212,24 +221,37 @@ class Downloader:
                 return Outcome(remote, final, status, fetched, contents)
             part.unlink()
             restarted = True
-            error = (
-                f"content does not match its stored MD5 ({digest.hexdigest()} "
-                f"downloaded, {remote.md5.hex()} stored)"
-            )
+            error = self._mismatch(remote, digest)
             if from_scratch:
                 break  # a whole fresh copy was wrong: the blob itself is bad
         return Outcome(remote, final, "failed", fetched, error=error)
+
+    @staticmethod
+    def _mismatch(remote: Remote, digest) -> str:
+        if remote.kind == LIVE:
+            return (
+                f"its first {remote.size} bytes do not match the closing record's MD5 "
+                f"({digest.hexdigest()} downloaded, {remote.md5.hex()} recorded): altered "
+                "after the device wrote it; left out"
+            )
+        return (
+            f"content does not match its stored MD5 ({digest.hexdigest()} "
+            f"downloaded, {remote.md5.hex()} stored)"
+        )
 
     def _transfer(self, remote: Remote, part: Path, offset: int, digest) -> int:
         if offset >= remote.size:
             part.touch()
             return 0
+        # An append blob grows while it is read (the device is still sending, or someone
+        # appended): its first bytes never change, so no ETag condition; the MD5 checks them.
+        condition = (
+            {}
+            if remote.append
+            else {"etag": remote.etag, "match_condition": MatchConditions.IfNotModified}
+        )
         stream = self.client.download_blob(
-            remote.name,
-            offset=offset,
-            length=remote.size - offset,
-            etag=remote.etag,
-            match_condition=MatchConditions.IfNotModified,
+            remote.name, offset=offset, length=remote.size - offset, **condition
         )
         done = 0
         with open(part, "ab") as fh:

@@ -4,6 +4,14 @@ Segments live at ``<device>/<YYYY-MM-DD>/<stamp>-<boot>-<seq>.ts`` (UTC date),
 so a range is listed one date prefix at a time, never the whole container.
 The original hat cam wrote raw ``YYYY-MM-DD HH:MM:SS.h264`` blobs (local time)
 at the container root; they appear here as the pseudo-device ``legacy``.
+
+A segment comes in one of three forms. A BLOCK blob with metadata: uploaded whole
+when it closed (older devices, a SAS without the append right). An APPEND blob
+with its closing record ``<blob>.end`` (a small block blob whose metadata is the
+record plus ``length`` and ``md5``): sent live, then finished; only its first
+``length`` bytes are the device's, anything after was appended by someone else.
+An APPEND blob with no closing record: unfinished (the device was destroyed,
+killed, or is still recording); nothing can verify it.
 """
 
 from __future__ import annotations
@@ -15,7 +23,19 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from azure.storage.blob import BlobPrefix
 
-from ..segment import Contents, SegmentName, SegmentRecord, blob_end
+from ..segment import (
+    CLOSING_SUFFIX,
+    ClosingRecord,
+    Contents,
+    SegmentName,
+    SegmentRecord,
+    blob_end,
+    segment_blob_of,
+)
+
+END_SUFFIX = CLOSING_SUFFIX  # the closing record of a live segment: <segment blob>.end
+TS_PACKET = 188
+WHOLE, LIVE, UNFINISHED = "whole", "live", "unfinished"
 
 LEGACY_DEVICE = "legacy"
 LEGACY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d{2}):(\d{2}):(\d{2})\.h264$")
@@ -32,8 +52,8 @@ class Remote:
     name: str
     device: str
     start: datetime  # UTC, from the name
-    size: int
-    md5: bytes | None  # the blob's stored Content-MD5, None if it has none
+    size: int  # bytes to download: the blob's, the record's length, or whole TS packets
+    md5: bytes | None  # what they must hash to (Content-MD5 or the record's); None: unknown
     etag: str
     end: datetime | None = None  # from the metadata, when the device set it
     boot: str | None = None
@@ -41,6 +61,22 @@ class Remote:
     # What the device recorded about the segment, from its metadata; None when incomplete
     # or marked damaged: then the file itself is inspected.
     record: SegmentRecord | None = field(default=None, compare=False)
+    kind: str = WHOLE  # WHOLE, LIVE (append blob + closing record) or UNFINISHED
+    stored: int | None = None  # the blob's own size, when it differs from ``size``
+
+    @property
+    def append(self) -> bool:
+        return self.kind != WHOLE
+
+    @property
+    def added(self) -> int:
+        """Bytes appended to a finished live segment after the device finished it."""
+        return max(0, (self.stored or 0) - self.size) if self.kind == LIVE else 0
+
+    @property
+    def torn(self) -> bool:
+        """An unfinished segment cut inside a TS packet: its last frame is incomplete."""
+        return self.kind == UNFINISHED and (self.stored or 0) % TS_PACKET != 0
 
     @property
     def legacy(self) -> bool:
@@ -105,25 +141,90 @@ def _recorded(meta: dict) -> SegmentRecord | None:
     return None if record is None or record.damaged else record
 
 
-def _segment(props) -> Remote | None:
+def _is_append(props) -> bool:
+    kind = getattr(props, "blob_type", None)
+    return str(getattr(kind, "value", kind)) == "AppendBlob"
+
+
+@dataclass(frozen=True)
+class Closing:
+    """A live segment's closing record, read from the ``.end`` blob's metadata."""
+
+    length: int
+    md5: bytes
+    record: SegmentRecord | None  # None when incomplete: then the file is inspected
+    end: datetime | None
+
+    @classmethod
+    def parse(cls, meta: dict[str, str]) -> Closing | None:
+        """None when the record gives no usable length and MD5. A record that is otherwise
+        incomplete (a recovered segment has no picture size) still verifies the bytes."""
+        full = ClosingRecord.from_metadata(meta)
+        if full is not None:
+            record = None if full.record.damaged else full.record
+            return cls(full.length, bytes.fromhex(full.md5), record, full.record.end)
+        try:
+            length, md5 = int(meta["length"]), bytes.fromhex(meta["md5"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        if length < 0 or len(md5) != 16:
+            return None
+        return cls(length, md5, _recorded(meta), blob_end(meta))
+
+
+def _segment(props, closing: Closing | None = None) -> Remote | None:
     device, _, rest = props.name.partition("/")
     name = SegmentName.parse(rest.rpartition("/")[2])
     if name is None:
         return None
     meta = props.metadata or {}
-    md5 = _md5(props)
+    common = {"boot": name.boot, "seq": name.seq}
+    if not _is_append(props):
+        return Remote(
+            props.name,
+            device,
+            name.start,
+            props.size,
+            _md5(props),
+            props.etag,
+            blob_end(meta),
+            record=_recorded(meta),
+            **common,
+        )
+    if closing is not None:  # finished live: only the device's bytes, checked by its MD5
+        return Remote(
+            props.name,
+            device,
+            name.start,
+            closing.length,
+            closing.md5,
+            props.etag,
+            closing.end,
+            record=closing.record,
+            kind=LIVE,
+            stored=props.size,
+            **common,
+        )
+    # Unfinished: every whole TS packet there is; a torn tail packet is no use.
+    whole = props.size - props.size % TS_PACKET
+    if whole == 0:
+        return None  # just opened: nothing to fetch yet
     return Remote(
         props.name,
         device,
         name.start,
-        props.size,
-        md5,
+        whole,
+        None,
         props.etag,
-        blob_end(meta),
-        boot=name.boot,
-        seq=name.seq,
-        record=_recorded(meta),
+        kind=UNFINISHED,
+        stored=props.size,
+        **common,
     )
+
+
+def _orphan_in_range(end_name: str, since, until) -> bool:
+    name = SegmentName.parse(end_name[: -len(END_SUFFIX)].rpartition("/")[2])
+    return name is not None and name.start < until and (since is None or name.start >= since)
 
 
 def legacy_start(blob_name: str, zone: tzinfo | None) -> datetime | None:
@@ -184,13 +285,42 @@ def _overlaps(remote: Remote, since: datetime | None, until: datetime) -> bool:
     return remote.start < until and (since is None or end >= since)
 
 
-def list_device(client, device: str, since: datetime | None, until: datetime) -> list[Remote]:
+def list_device(
+    client,
+    device: str,
+    since: datetime | None,
+    until: datetime,
+    notes: list[str] | None = None,
+) -> list[Remote]:
+    """A device's segments in range; ``notes`` gets a line per closing record that is
+    unreadable or has no segment."""
+    notes = notes if notes is not None else []
     found = []
     for prefix in _device_prefixes(client, device, since, until):
+        blobs, ends = [], {}
         for props in client.list_blobs(name_starts_with=prefix, include=["metadata"]):
-            remote = _segment(props)
+            segment = segment_blob_of(props.name)
+            if segment is not None:
+                ends[segment] = props
+            else:
+                blobs.append(props)
+        names = {props.name for props in blobs}
+        for props in blobs:
+            closing = None
+            end = ends.get(props.name)
+            if end is not None and _is_append(props):
+                closing = Closing.parse(end.metadata or {})
+                if closing is None:
+                    notes.append(
+                        f"{end.name}: closing record without a length and MD5; "
+                        f"{props.name} treated as unfinished"
+                    )
+            remote = _segment(props, closing)
             if remote is not None and _overlaps(remote, since, until):
                 found.append(remote)
+        for end_name in sorted(set(ends) - names):
+            if _orphan_in_range(end_name + END_SUFFIX, since, until):
+                notes.append(f"{end_name}{END_SUFFIX}: closing record without its segment")
     return sorted(found, key=lambda r: (r.start, r.boot or "", r.seq or 0))
 
 
@@ -223,8 +353,10 @@ def select(
     since: datetime | None,
     until: datetime,
     zone: tzinfo | None,
+    notes: list[str] | None = None,
 ) -> dict[str, list[Remote]]:
-    """Blobs in range per device (every device, legacy included, when none is named)."""
+    """Blobs in range per device (every device, legacy included, when none is named);
+    ``notes`` as in ``list_device``."""
     if not devices:
         names, has_legacy = discover(client)
         devices = names + ([LEGACY_DEVICE] if has_legacy else [])
@@ -233,5 +365,5 @@ def select(
         if device == LEGACY_DEVICE:
             chosen[device] = list_legacy(client, since, until, zone)
         else:
-            chosen[device] = list_device(client, device, since, until)
+            chosen[device] = list_device(client, device, since, until, notes)
     return chosen

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import av
 
-from ..segment import CLOCK, TIME_BASE, Contents, duration, frame_ticks, to_ticks
+from ..segment import CLOCK, TIME_BASE, Contents, duration, frame_ticks, probe, to_ticks
 
 LEGACY_SLOP = 1.0  # seconds: legacy names have whole seconds, so smaller gaps are noise
 
@@ -43,10 +43,23 @@ class Segment:
     boot: str | None = None
     seq: int | None = None
     legacy: bool = False
+    # An unfinished segment: only its first ``frames`` frames are whole (the rest, a torn
+    # last frame, is left out).
+    cut: bool = False
 
     @classmethod
     def from_contents(
-        cls, name, path, device, start, contents: Contents, *, boot=None, seq=None, legacy_fps=None
+        cls,
+        name,
+        path,
+        device,
+        start,
+        contents: Contents,
+        *,
+        boot=None,
+        seq=None,
+        legacy_fps=None,
+        cut=False,
     ):
         if legacy_fps is not None:  # no timestamps in the file: 1/fps per frame
             ticks = round(frame_ticks(legacy_fps))
@@ -67,6 +80,7 @@ class Segment:
             boot,
             seq,
             legacy_fps is not None,
+            cut,
         )
 
     @property
@@ -243,6 +257,8 @@ def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
     for packet in src.demux(stream):
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
             continue
+        if seg.cut and index == seg.frames:
+            break
         if seg.legacy:
             pts = dts = index * seg.ticks
         else:
@@ -258,6 +274,28 @@ def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
         first = pts if first is None else min(first, pts)
         end = max(end, pts + seg.ticks)
     return index, first if first is not None else 0, end
+
+
+def whole_frames(path: Path, torn: bool) -> Contents:
+    """What an unfinished segment holds (see ``probe`` with ``torn_ok``): when its tail was
+    torn, the last frame is incomplete and left out."""
+    contents = probe(path, torn_ok=True)
+    if not torn:
+        return contents
+    if contents.frames < 2:
+        raise ValueError(f"{path.name}: holds no complete frame")
+    pts = []
+    with av.open(str(path), format="mpegts") as container:
+        stream = container.streams.video[0]
+        ticks = to_ticks(stream.time_base)
+        try:
+            for packet in container.demux(stream):
+                if packet.size and packet.pts is not None:
+                    pts.append(ticks(packet.pts))
+        except av.error.FFmpegError:
+            pass  # as probe: keep what was read before the damage
+    pts = pts[: contents.frames - 1]
+    return Contents(len(pts), pts[0], pts[-1], contents.width, contents.height)
 
 
 def measure(path: Path) -> tuple[int, int]:
