@@ -232,7 +232,7 @@ class Downloader:
             return (
                 f"its first {remote.size} bytes do not match the closing record's MD5 "
                 f"({digest.hexdigest()} downloaded, {remote.md5.hex()} recorded): altered "
-                "after the device wrote it; left out"
+                "after the device wrote it"
             )
         return (
             f"content does not match its stored MD5 ({digest.hexdigest()} "
