@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -314,3 +315,27 @@ def test_a_closing_record_without_its_segment_is_reported(azurite, container, tm
     assert f"{gone}.end: closing record without its segment" in report
     expected = device_pictures([path for path, _, _ in found[:-1]])
     assert pictures(only_mp4(out)) == expected
+
+
+def test_a_recovered_segment_whose_record_lacks_the_picture_size_is_still_verified(
+    azurite, container, tmp_path, capsys
+):
+    """A segment salvaged after a crash goes up with a record that has no picture size:
+    its closing record still verifies the bytes, and the file itself is read."""
+    name, client = container
+    spool = record(tmp_path / "spool", 90)
+    found = segments(spool)
+    for index, (path, rec, blob) in enumerate(found):
+        data = path.read_bytes()
+        append(open_live(client, blob, rec), data)
+        if index == 1:
+            bare = replace(rec.contents, width=None, height=None)
+            rec = replace(rec, contents=bare, recovered=True)
+        close_live(client, blob, rec, data)
+    out = tmp_path / "out"
+
+    status, report, _ = fetch(capsys, tmp_path, azurite, name, out)
+
+    assert status == 0, report
+    assert f"{len(found)} sent live and finished" in report
+    assert pictures(only_mp4(out)) == device_pictures([path for path, _, _ in found])
