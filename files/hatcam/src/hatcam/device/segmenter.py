@@ -130,6 +130,16 @@ class SegmentFile:
         self.fh.flush()
         os.fdatasync(self.fh.fileno())
         self.last_sync = time.monotonic()
+        self.publish_synced()
+
+    def publish_synced(self) -> None:
+        """Tell the uploader how many bytes are on the card: it never sends past them, so
+        the cloud never holds what a power cut took. No fsync: after a power cut this file
+        can only be older, never ahead of the bytes it counts."""
+        path = synced_path(self.path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(str(self.fh.tell()))
+        os.replace(tmp, path)
 
     def close(self) -> None:
         self.container.close()
@@ -295,6 +305,8 @@ class Segmenter:
                 self.synced,
                 segment.writer.md5.hexdigest(),
             )
+            # Gone before the commit syncs recording/: the rest goes up from ready/.
+            synced_path(segment.path).unlink(missing_ok=True)
             path = self.spool.commit(segment.path, record)
         except (OSError, av.error.FFmpegError) as exc:
             self._give_up_on(segment, f"closing it failed: {exc}")
@@ -315,6 +327,11 @@ class Segmenter:
         return segment.path.name if segment else None
 
 
+def synced_path(segment: Path) -> Path:
+    """``recording/<name>.synced``: the open segment's byte count synced to the card."""
+    return segment.with_suffix(".synced")
+
+
 def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path | None:
     """Queue a segment that was not closed properly with what it holds (or drop it if it
     holds no complete frame)."""
@@ -326,6 +343,7 @@ def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path |
     if contents is None:
         log.warning("discarding %s (%s): it holds no complete frame", path.name, why)
         path.unlink(missing_ok=True)
+        synced_path(path).unlink(missing_ok=True)
         return None
     # The picture size is left for fetch to read from the file; whether the clock was
     # synchronised back then is unknown: say no.
@@ -333,6 +351,7 @@ def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path |
     record = SegmentRecord.made(device, name, contents, fps, False, recovered=True)
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+    synced_path(path).unlink(missing_ok=True)
     committed = spool.commit(path, record)
     log.warning("recovered %s (%s): %d frames", path.name, why, contents.frames)
     return committed
@@ -340,6 +359,9 @@ def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path |
 
 def recover(spool: Spool, device: str, fps: int) -> list[Path]:
     """Move segments left in recording/ by a crash or power cut into ready/."""
+    for stray in spool.recording.glob("*.synced"):  # its segment was committed or dropped
+        if not stray.with_suffix(".ts").exists():
+            stray.unlink(missing_ok=True)
     found = (
         salvage(spool, device, fps, path, "after an unclean stop")
         for path in sorted(spool.recording.glob("*.ts"))

@@ -1,39 +1,82 @@
-"""Uploads closed segments from the spool to Azure Blob Storage, oldest first.
+"""Uploads segments from the spool to Azure Blob Storage: live, or whole when they close.
 
-One Put Blob per segment, with Content-MD5 so the service rejects a body
-damaged on the way. The local file goes only after the service confirmed the
-blob; ``BlobAlreadyExists`` means an earlier attempt landed but its reply was
-lost, which is success. The outer loop never gives up: exponential backoff with
-full jitter, capped, under the SDK's own short retries.
+Live (a connection string, or a SAS granting ``ca``): the open segment goes up while
+it records, into an append blob, only as far as the camera has synced it to the card
+(``recording/<name>.synced``). Each Append Block carries its transactional MD5 and
+the append-position condition; before each one the intent ``{name, offset, length}``
+is written durably to ``state/live.json``, so after a lost reply or a crash exactly
+that block is sent again at that offset: 2xx, it landed now; 412, it landed before.
+Block boundaries are never re-cut, so a 412 can never skip bytes. Each round sends
+the live edge first, then one chunk (at most 1 MiB) of the oldest closed segment;
+a closed segment whose bytes are all up gets its create-only closing record
+``<blob>.end`` (length, MD5 and the rest of the record), and only then leaves the card.
+
+Whole (a SAS with ``c`` only: older devices): one Put Blob per closed segment,
+with Content-MD5 so the service rejects a body damaged on the way. The local file
+goes only after the service confirmed the blob; ``BlobAlreadyExists`` means an
+earlier attempt landed but its reply was lost, which is success. The outer loop
+never gives up: exponential backoff with full jitter, capped, under the SDK's own
+short retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 
-from ..blob import container_client, describe, error_code, explain, sas_permissions
+from ..blob import (
+    container_client,
+    describe,
+    error_code,
+    explain,
+    sas_permissions,
+    settings_allow_live,
+)
+from ..files import write_atomic
 from ..retry import backoff
-from ..segment import SegmentName, iso
+from ..segment import (
+    ClosingRecord,
+    SegmentName,
+    closing_record_name,
+    iso,
+    open_blob_metadata,
+)
 from .spool import Spool
 from .status import StateFile
 
 log = logging.getLogger("hatcam.uploader")
 
 POLL_SECONDS = 0.2  # how often an idle uploader looks for a new segment
+LIVE_POLL_SECONDS = 0.1  # how often a live uploader looks for newly synced bytes
+LIVE_CHUNK = 4 * 1024 * 1024  # the most one live append carries (the service's limit)
+BACKLOG_CHUNK = 1024 * 1024  # the most one catch-up append carries: the live edge first
+FALLBACK = (
+    "live upload off: the SAS grants sp={sp} without a (append); segments go up whole "
+    "when they close. Provision again to mint sp=ca."
+)
+
+
+class ForeignAppend(Exception):
+    """The blob is not where this device left it: someone else appended to it."""
 
 
 class Uploader:
     def __init__(self, settings, spool: Spool, client=None):
         self.settings = settings
         self.spool = spool
-        self.client = client or container_client(settings)
+        self.live = settings_allow_live(settings)
+        # Live: no SDK retries, so a 412 on a first attempt is never our own lost reply
+        # retried behind our back (the outer loop resends the recorded intent instead).
+        self.client = client or container_client(settings, retries=0 if self.live else 2)
         self.where = describe(self.client)
         self.stop_event = threading.Event()
         self.state = StateFile(spool.state / "uploader.json")
@@ -46,11 +89,27 @@ class Uploader:
         self.create_only = bool(settings.blob_sas_url) and "w" not in sas_permissions(
             settings.blob_sas_url
         )
+        self.live_state = self.spool.state / "live.json"
+        self.sent: dict[str, int] = {}  # segment file name -> bytes confirmed in the cloud
+        self.intent: dict | None = None  # the append sent but not yet confirmed
+        self.foreign: set[str] = set()  # segments someone else appended to
+        self.last_append: float | None = None  # wall time of the last confirmed append
+        self.live_since: float | None = None  # when the live edge last failed (stalled)
 
     def run(self) -> None:
-        log.info("uploading from %s to %s", self.spool.ready, self.where)
+        log.info(
+            "uploading from %s to %s (%s)",
+            self.spool.root,
+            self.where,
+            "live" if self.live else "whole segments",
+        )
+        if not self.live and self.settings.blob_sas_url:
+            log.warning(FALLBACK.format(sp=sas_permissions(self.settings.blob_sas_url)))
         self.spool.remove_orphans()
         self._write_state()
+        if self.live:
+            self._run_live()
+            return
         while not self.stop_event.is_set():
             segments = self.spool.ready_segments()
             if not segments:
@@ -127,6 +186,222 @@ class Uploader:
                 raise
             self._already_there(blob)
 
+    # --- live: append blobs ------------------------------------------------------------
+
+    def _run_live(self) -> None:
+        self._load_live_state()
+        while not self.stop_event.is_set():
+            try:
+                busy = self._live_round()
+                self.failures = 0
+            except Exception as exc:
+                if self.live_since is None:
+                    self.live_since = time.time()
+                self._back_off(exc)
+                continue
+            self.live_since = None
+            self._write_state()
+            if not busy:
+                self.stop_event.wait(LIVE_POLL_SECONDS)
+
+    def _load_live_state(self) -> None:
+        try:
+            data = json.loads(self.live_state.read_text())
+        except (OSError, ValueError):
+            return
+        self.sent = {k: int(v) for k, v in data.get("sent", {}).items()}
+        self.intent = data.get("intent")
+
+    def _save_live_state(self) -> None:
+        """Durable: a crash after this line resends exactly this intent."""
+        data = {"intent": self.intent, "sent": self.sent}
+        write_atomic(self.live_state, json.dumps(data).encode())
+
+    def _live_round(self) -> bool:
+        """One round: the pending intent, the live edge, then one backlog step."""
+        if self.intent is not None:
+            self._resend_intent()
+        busy = self._live_edge()
+        return self._backlog_step() or busy
+
+    def _file_of(self, name: str) -> Path | None:
+        for where in (self.spool.recording, self.spool.ready):
+            if (where / name).exists():
+                return where / name
+        return None
+
+    def _blob(self, name: str) -> str:
+        """The blob name, by the device the camera recorded it as (its sidecar, once
+        closed; this device while it records)."""
+        device = self.settings.device
+        sidecar = self.spool.metadata_path(self.spool.ready / name)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            device = json.loads(sidecar.read_text())["device"]
+        return SegmentName.parse(name).blob_name(device)
+
+    def _resend_intent(self) -> None:
+        intent = self.intent
+        path = self._file_of(intent["name"])
+        if path is None:  # dropped from the card meanwhile: nothing left to send
+            self.intent = None
+            self.sent.pop(intent["name"], None)
+            self._save_live_state()
+            return
+        with open(path, "rb") as fh:
+            fh.seek(intent["offset"])
+            data = fh.read(intent["length"])
+        if len(data) != intent["length"]:
+            raise OSError(f"{intent['name']}: shorter on the card than what was sent")
+        self._append(intent["name"], intent["offset"], data, retry=True)
+
+    def _live_edge(self) -> bool:
+        """The open segment's newly synced bytes."""
+        opened = sorted(
+            (p for p in self.spool.recording.glob("*.ts") if SegmentName.parse(p.name)),
+            key=lambda p: SegmentName.parse(p.name).seq,
+        )
+        if not opened:
+            return False
+        path = opened[-1]
+        try:
+            synced = int(path.with_suffix(".synced").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False  # nothing synced yet
+        name = path.name
+        if name in self.foreign:
+            return False
+        if name not in self.sent:
+            self._create(name, live_meta=True)
+        offset = self.sent[name]
+        if synced <= offset:
+            return False
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(min(synced - offset, LIVE_CHUNK))
+        except FileNotFoundError:  # committed to ready/ meanwhile: the backlog has it
+            return True
+        self._append(name, offset, data)
+        return True
+
+    def _backlog_step(self) -> bool:
+        """One chunk of the oldest closed segment, or its closing record."""
+        for segment in self.spool.ready_segments():
+            with self.spool.claim(segment) as fh:
+                if fh is None:
+                    continue
+                name = segment.name
+                if name not in self.sent:
+                    self._create(name, live_meta=False)
+                offset = self.sent[name]
+                fh.seek(offset)
+                data = fh.read(BACKLOG_CHUNK)
+                if data and name not in self.foreign:
+                    self._append(name, offset, data)
+                    return True
+                fh.seek(0)
+                self._close_segment(segment, fh.read())
+            return True
+        return False
+
+    def _create(self, name: str, live_meta: bool) -> None:
+        """The append blob, create-only, with what is known at open."""
+        blob = self._blob(name)
+        if live_meta:
+            meta = open_blob_metadata(
+                self.settings.device,
+                SegmentName.parse(name).start,
+                False,
+                self.settings.width,
+                self.settings.height,
+            )
+        else:
+            record = self.spool.read_record(self.spool.ready / name)
+            c = record.contents
+            meta = open_blob_metadata(
+                record.device, record.start, record.clock_synced, c.width, c.height
+            )
+        try:
+            self.client.get_blob_client(blob).create_append_blob(
+                content_settings=ContentSettings(content_type="video/mp2t"),
+                metadata=meta,
+                headers={"If-None-Match": "*"},  # create-only: never truncate our blob
+            )
+        except ResourceNotFoundError as exc:
+            if self.settings.blob_sas_url or self.container_checked:
+                raise
+            self._create_container(exc)
+            return self._create(name, live_meta)
+        except HttpResponseError as exc:
+            # 409 (or 403 to a SAS that may not overwrite): created before, reply lost.
+            if exc.status_code not in (409, 403, 412):
+                raise
+        self.sent[name] = 0
+        self._save_live_state()
+        return None
+
+    def _append(self, name: str, offset: int, data: bytes, retry: bool = False) -> None:
+        if not retry:
+            self.intent = {"name": name, "offset": offset, "length": len(data)}
+            self._save_live_state()
+        try:
+            self.client.get_blob_client(self._blob(name)).append_block(
+                data, length=len(data), appendpos_condition=offset, validate_content=True
+            )
+        except HttpResponseError as exc:
+            if exc.status_code != 412:
+                raise
+            if not retry:  # not our own lost reply: someone else wrote to this blob
+                log.error(
+                    "%s: the blob is not where this device left it (412 %s at %d): someone "
+                    "else appended to it; finishing it with its closing record",
+                    self._blob(name),
+                    error_code(exc),
+                    offset,
+                )
+                self.foreign.add(name)
+                self.intent = None
+                self._save_live_state()
+                return
+            self.already_there += 1  # the earlier attempt landed; its reply was lost
+        self.sent[name] = offset + len(data)
+        self.intent = None
+        self.last_append = time.time()
+        self._save_live_state()
+
+    def _close_segment(self, segment: Path, data: bytes) -> None:
+        record = self.spool.read_record(segment)
+        md5 = hashlib.md5(data).hexdigest()
+        if record.md5 and record.md5 != md5:
+            log.error(
+                "%s changed on the card since it was recorded (MD5 mismatch): "
+                "its closing record marks it damaged",
+                segment.name,
+            )
+            record = record.marked_damaged()
+        closing = ClosingRecord(record, len(data), md5)
+        blob = closing_record_name(self._blob(segment.name))
+        body = closing.to_json()
+        try:
+            self.client.get_blob_client(blob).upload_blob(
+                body,
+                length=len(body),
+                metadata=closing.to_metadata(),
+                content_settings=ContentSettings(content_type="application/json"),
+                overwrite=False,
+            )
+        except HttpResponseError as exc:
+            if exc.status_code not in (409, 403, 412):
+                raise
+            self._already_there(blob)
+        self.spool.remove(segment)
+        self.sent.pop(segment.name, None)
+        self.foreign.discard(segment.name)
+        self._save_live_state()
+        self.uploaded += 1
+        self.last_upload = iso(datetime.now(UTC))
+        log.info("uploaded %s (%.1f MB, closed)", self._blob(segment.name), len(data) / 1e6)
+
     def _already_there(self, blob: str) -> None:
         self.already_there += 1
         log.info("%s was already in the blob store (an earlier attempt landed)", blob)
@@ -162,6 +437,10 @@ class Uploader:
                 "last_error": self.last_error,
                 "failing": self.failures > 0,
                 "destination": self.where,
+                "live": self.live,
+                "last_append": self.last_append,
+                "stalled_since": self.live_since,
+                "sent": dict(self.sent),
             }
         )
 
