@@ -156,7 +156,7 @@ def one_kill(azurite: Azurite, proxy: HttpProxy, mode: str, index: int, quick: b
         f.write(f"--- fetch (status {fetch.returncode})\n{fetch.stdout}{fetch.stderr}")
     counters = [n for mp4 in sorted(out.rglob("*.mp4")) for n in frame_counters(mp4)]
     newest = max(counters) if counters else None
-    captured = stamp0 + (newest + 1) / FPS if newest is not None else stamp0
+    captured = stamp0 + newest / FPS if newest is not None else stamp0
     uploader_log = log.read_text()
     return {
         "mode": mode,
