@@ -30,7 +30,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceResponseError,
+)
 from azure.storage.blob import ContentSettings
 
 from ..blob import (
@@ -190,11 +195,17 @@ class Uploader:
 
     def _run_live(self) -> None:
         self._load_live_state()
+        resent = False  # the pending append was sent again once without complaint
         while not self.stop_event.is_set():
             try:
                 busy = self._live_round()
-                self.failures = 0
+                self.failures, resent = 0, False
             except Exception as exc:
+                if isinstance(exc, ServiceResponseError) and self.intent and not resent:
+                    # Sent, but no answer: the block may have landed. Resend it at once
+                    # (the answer tells which); an error only if the link is really gone.
+                    resent = True
+                    continue
                 if self.live_since is None:
                     self.live_since = time.time()
                 self._back_off(exc)
@@ -363,7 +374,10 @@ class Uploader:
                 self.intent = None
                 self._save_live_state()
                 return
-            self.already_there += 1  # the earlier attempt landed; its reply was lost
+            self.already_there += 1
+            log.info(
+                "%s: the append at %d had landed (its answer was lost)", self._blob(name), offset
+            )
         self.sent[name] = offset + len(data)
         self.intent = None
         self.last_append = time.time()
