@@ -339,3 +339,24 @@ def test_a_recovered_segment_whose_record_lacks_the_picture_size_is_still_verifi
     assert status == 0, report
     assert f"{len(found)} sent live and finished" in report
     assert pictures(only_mp4(out)) == device_pictures([path for path, _, _ in found])
+
+
+def test_delete_after_keeps_an_unfinished_segment_which_may_still_grow(
+    azurite, container, tmp_path, capsys
+):
+    name, client = container
+    spool = record(tmp_path / "spool", 90)
+    *finished, (last_path, last_rec, last_blob) = segments(spool)
+    for path, rec, blob in finished:
+        data = path.read_bytes()
+        append(open_live(client, blob, rec), data)
+        close_live(client, blob, rec, data)
+    append(open_live(client, last_blob, last_rec), last_path.read_bytes()[: 20 * TS])
+
+    status, report, _ = fetch(capsys, tmp_path, azurite, name, tmp_path / "out", "--delete-after")
+
+    assert status == 0, report
+    assert [b.name for b in client.list_blobs()] == [last_blob]
+    total = 2 * len(finished) + 1
+    assert f"deleted {total - 1} of {total} blob(s)" in report
+    assert "kept 1 unfinished segment(s)" in report

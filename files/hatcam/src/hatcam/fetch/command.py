@@ -445,15 +445,26 @@ class Fetch:
             self.report_device(device, in_range, results, runs, splits, states)
             if self.args.delete_after:
                 for run, state in zip(runs, states, strict=True):
-                    if state is not None:
-                        deletable += run.names
-                        # A finished live segment goes with its closing record.
-                        live = {r.name for r in in_range if r.kind == listing.LIVE}
-                        deletable += [n + listing.END_SUFFIX for n in run.names if n in live]
+                    if state is None:
+                        continue
+                    # An unfinished segment stays: it may still grow, and its closing
+                    # record may yet come. A finished one goes with its closing record.
+                    kind = {r.name: r.kind for r in in_range}
+                    for blob in run.names:
+                        if kind[blob] == listing.UNFINISHED:
+                            continue
+                        deletable.append(blob)
+                        if kind[blob] == listing.LIVE:
+                            deletable.append(blob + listing.END_SUFFIX)
         self.cache.save()
         if self.args.delete_after:
             deleted = self.delete(deletable)
-            self.say(f"deleted {deleted} of {len(remotes)} blob(s) from {where}")
+            # Blobs in range: each finished live segment has its closing record too.
+            total = len(remotes) + sum(r.kind == listing.LIVE for r in remotes)
+            self.say(f"deleted {deleted} of {total} blob(s) from {where}")
+            unfinished = sum(r.kind == listing.UNFINISHED for r in remotes)
+            if unfinished:
+                self.say(f"kept {unfinished} unfinished segment(s): they may still grow")
         if self.problems:
             self.say("problems:")
             for line in self.problems:
