@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import signal
 import socket
 import statistics
@@ -22,7 +23,7 @@ import pytest
 
 from hatcam.segment import SegmentName
 
-from tests.support.footage import start_hatcam, wait_until
+from tests.support.footage import hatcam, start_hatcam, wait_until
 from tests.support.http_proxy import HttpProxy
 
 LIGHT = {"HATCAM_RESOLUTION": "320x240", "HATCAM_SEGMENT_SECONDS": "4"}
@@ -233,9 +234,14 @@ def test_the_open_segment_reaches_the_cloud_within_2_s_while_it_records(
         sizes.append(len(data))
         with open(segment, "rb") as fh:
             assert fh.read(len(data)) == data, "the blob is the card's synced prefix"
+    info = json.loads(hatcam("status", "--json", settings=settings).stdout)
+    human = hatcam("status", settings=settings).stdout
     d.stop("camera")
     d.stop("upload")
     assert len(delays) >= 3, f"sampled while the segment was open: {delays}"
+    assert info["live"].startswith("flowing") and "live:          flowing" in human
+    assert info["footage_at_risk_s"] <= 3, info  # a second or so while live
+    assert "footage at risk:" in human
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0], "the blob grows while recording"
     # Measured from when the card had them: well under the 2 s goal on loopback.
     assert statistics.median(delays) <= 2.0 and max(delays) <= 4.0, delays
@@ -312,6 +318,16 @@ def test_a_link_cut_mid_segment_then_back_lands_everything_once_live_edge_first(
         d.start("upload")
         wait_until(lambda: len(proxy.appends()) >= 3, 60, "appends")
         proxy.cut()  # the link goes: nothing is forwarded
+        wait_until(
+            lambda: (
+                json.loads(hatcam("status", "--json", settings=settings).stdout)[
+                    "footage_at_risk_s"
+                ]
+                >= 4
+            ),
+            60,
+            "status to show the footage at risk growing",
+        )
         # Down long enough that segments queue up and the open one has synced bytes.
         wait_until(
             lambda: (
@@ -360,6 +376,9 @@ def test_a_create_only_sas_falls_back_to_whole_segments_with_one_log_line(
     assert all(b.metadata["frames"] and b.content_settings.content_md5 for b in blobs)
     text = (tmp_path / "upload.log").read_text()
     assert text.count("live upload off: the SAS grants sp=c without a (append)") == 1, text
+    assert "live:          off (SAS without a" in hatcam("status", settings=settings).stdout
+    check = hatcam("check", settings=settings).stdout
+    assert "SAS sp=c: live upload OFF" in check and "sp=ca" in check, check
     assert "Provision again to mint sp=ca" in text
 
 

@@ -11,7 +11,15 @@ import os
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-from ..blob import container_client, describe, error_code, explain
+from ..blob import (
+    connection_string_sas,
+    container_client,
+    describe,
+    error_code,
+    explain,
+    sas_permissions,
+    settings_allow_live,
+)
 from .redislink import RedisLink, RedisReplyError, redis_location
 from .spool import Spool
 
@@ -32,6 +40,21 @@ def check_blob(settings) -> tuple[bool, str]:
         return False, f"{where}: {explain(exc)}"
     except (ServiceRequestError, ServiceResponseError) as exc:
         return False, f"{where}: {explain(exc)}"
+
+
+def check_live(settings) -> tuple[bool, str]:
+    """Which rights the credential has, and whether live upload will work. A SAS
+    without ``a`` still uploads (whole segments): not a failure, but said."""
+    if not settings.has_blob_credential:
+        return False, "no blob credential"
+    sas = settings.blob_sas_url or connection_string_sas(settings.blob_connection_string)
+    rights = f"SAS sp={sas_permissions(sas) or '(none)'}" if sas else "account key (all rights)"
+    if settings_allow_live(settings):
+        return True, f"{rights}: live upload on (create + append)"
+    return True, (
+        f"{rights}: live upload OFF, segments go up whole when they close "
+        "(the SAS has no a, append); provision again to mint sp=ca"
+    )
 
 
 def check_redis(settings) -> tuple[bool, str]:
@@ -67,6 +90,7 @@ def run_checks(settings) -> int:
     results = [
         ("spool", check_spool(settings)),
         ("blob storage", check_blob(settings)),
+        ("live upload", check_live(settings)),
         ("redis", check_redis(settings)),
     ]
     for label, (ok, message) in results:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..files import write_atomic
-from ..segment import iso, parse_iso
+from ..segment import SegmentName, iso, parse_iso
 
 
 class StateFile:
@@ -45,16 +45,53 @@ def age(stamp: str | None) -> str:
     return f"{seconds:.0f} s ago"
 
 
+def at_risk_seconds(spool, uploader: dict | None) -> float:
+    """Seconds captured but not yet confirmed by the cloud: the unconfirmed part of the
+    open segment and of every queued one (bytes not yet appended, as a share of each)."""
+    sent = (uploader or {}).get("sent") or {}
+    total = 0.0
+    for path in sorted(spool.recording.glob("*.ts")):
+        name = SegmentName.parse(path.name)
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            span = max(0.0, st.st_mtime - name.start.timestamp()) if name else 0.0
+            if st.st_size:
+                total += span * max(0, st.st_size - sent.get(path.name, 0)) / st.st_size
+    for path in spool.ready_segments():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            meta = json.loads(spool.metadata_path(path).read_text())
+            span = (parse_iso(meta["end"]) - parse_iso(meta["start"])).total_seconds()
+            size = path.stat().st_size
+            if size:
+                total += span * max(0, size - sent.get(path.name, 0)) / size
+    return round(total, 1)
+
+
+def live_line(uploader: dict | None) -> str:
+    if not uploader:
+        return "unknown (uploader never ran?)"
+    if uploader.get("live") is False:
+        return "off (SAS without a: segments go up whole when they close)"
+    if uploader.get("stalled_since"):
+        return f"stalled since {iso(datetime.fromtimestamp(uploader['stalled_since'], UTC))}"
+    if uploader.get("last_append"):
+        return f"flowing (last append {time.time() - uploader['last_append']:.0f} s ago)"
+    return "waiting (nothing appended yet)"
+
+
 def report(spool) -> dict:
     """Everything ``hatcam status`` shows, as a dict (also printed as JSON with --json)."""
     queued, queued_bytes, oldest = spool.queue_summary()
+    uploader = StateFile(spool.state / "uploader.json").read()
     return {
+        "footage_at_risk_s": at_risk_seconds(spool, uploader),
+        "live": live_line(uploader),
         "queue_segments": queued,
         "queue_mb": round(queued_bytes / 1e6, 1),
         "oldest_queued": oldest,
         "free_disk_mb": round(spool.free_mb(), 1),
         "camera": StateFile(spool.state / "camera.json").read(),
-        "uploader": StateFile(spool.state / "uploader.json").read(),
+        "uploader": uploader,
     }
 
 
@@ -67,6 +104,8 @@ def render(info: dict) -> str:
         + (f", updated {age(camera.get('updated'))}" if camera else ""),
         f"queue:         {info['queue_segments']} segment(s), {info['queue_mb']} MB,"
         f" oldest {age(info['oldest_queued'])}",
+        f"footage at risk: {info['footage_at_risk_s']:.0f} s (captured, not yet in the cloud)",
+        f"live:          {info['live']}",
         f"last upload:   {age(uploader.get('last_upload'))}",
         f"last error:    {uploader.get('last_error') or 'none'}",
         f"free disk:     {info['free_disk_mb']:.0f} MB",

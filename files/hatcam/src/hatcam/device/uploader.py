@@ -100,6 +100,7 @@ class Uploader:
         self.foreign: set[str] = set()  # segments someone else appended to
         self.last_append: float | None = None  # wall time of the last confirmed append
         self.live_since: float | None = None  # when the live edge last failed (stalled)
+        self.state_written = 0.0
 
     def run(self) -> None:
         log.info(
@@ -211,7 +212,8 @@ class Uploader:
                 self._back_off(exc)
                 continue
             self.live_since = None
-            self._write_state()
+            if busy or time.monotonic() - self.state_written >= 1:
+                self._write_state()
             if not busy:
                 self.stop_event.wait(LIVE_POLL_SECONDS)
 
@@ -443,6 +445,7 @@ class Uploader:
         self.stop_event.wait(delay)
 
     def _write_state(self) -> None:
+        self.state_written = time.monotonic()
         self.state.write(
             {
                 "uploaded": self.uploaded,
