@@ -378,8 +378,8 @@ def test_a_create_only_sas_falls_back_to_whole_segments_with_one_log_line(
     assert text.count("live upload off: the SAS grants sp=c without a (append)") == 1, text
     assert "live:          off (SAS without a" in hatcam("status", settings=settings).stdout
     check = hatcam("check", settings=settings).stdout
-    assert "SAS sp=c: live upload OFF" in check and "sp=ca" in check, check
-    assert "Provision again to mint sp=ca" in text
+    assert "SAS sp=c: live upload OFF" in check and "sp=ac" in check, check
+    assert "Provision again to mint sp=ac" in text
 
 
 def test_bytes_sent_are_at_most_1_05_times_the_footage(tmp_path, azurite, container_name, daemons):
@@ -398,3 +398,47 @@ def test_bytes_sent_are_at_most_1_05_times_the_footage(tmp_path, azurite, contai
     footage = sum(b.size for b in client.list_blobs() if b.name.endswith(".ts"))
     assert footage > 100_000
     assert sent <= 1.05 * footage, (sent, footage)
+
+
+def test_a_create_and_append_sas_uploads_live_and_still_cannot_list_read_or_replace(
+    tmp_path, azurite, container_name, daemons
+):
+    """The role's SAS (sp=ac): live upload works, and a thief holding it still cannot
+    list, read, delete or replace anything; what it can do (append to a live blob) fetch
+    detects against the closing record."""
+    azurite.container(container_name)
+    sas_url = azurite.sas_url(container_name, "ac")
+    settings = settings_for(tmp_path, azurite, container_name, **LIGHT)
+    del settings["BLOB_CONNECTION_STRING"]
+    settings["HATCAM_BLOB_SAS_URL"] = sas_url
+    d = daemons(settings)
+    d.start("camera")
+    d.start("upload")
+    wait_until(lambda: open_segment(settings) and synced(open_segment(settings)), 60, "a sync")
+    segment = open_segment(settings)
+    blob = SegmentName.parse(segment.name).blob_name("hat1")
+    client = azurite.container(container_name, create=False)
+    wait_until(lambda: blob_size(client, blob) > 0, 10, "the open segment in the cloud")
+    assert "live upload off" not in (tmp_path / "upload.log").read_text()
+    check = hatcam("check", settings=settings).stdout
+    assert "SAS sp=ac: live upload on" in check, check
+    time.sleep(2)
+    d.stop("camera")
+    drained(settings)
+    d.stop("upload")
+    assert_all_landed_once(client, 1)
+
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import ContainerClient
+
+    thief = ContainerClient.from_container_url(sas_url)
+    for attempt in (
+        lambda: list(thief.list_blobs()),
+        lambda: thief.download_blob(blob).readall(),
+        lambda: thief.delete_blob(blob),
+        lambda: thief.upload_blob(blob, b"replaced", overwrite=True),
+        lambda: thief.upload_blob(blob + ".end", b"{}", overwrite=True),
+    ):
+        with pytest.raises(HttpResponseError) as refused:
+            attempt()
+        assert refused.value.status_code in (403, 409)

@@ -1,8 +1,12 @@
 """hatcam_container_sas: mint an Azure Blob container SAS on the control machine.
 
 The account key stays on the control machine (ansible-vault); only the SAS URL,
-limited to the given permissions (create only for a device: it can add blobs, but not list, read, replace or delete them) and an expiry,
-is rendered into the device's env file. Pure standard library (HMAC-SHA256 per
+limited to the given permissions and an expiry, is rendered into the device's env
+file. A device gets ``a`` and ``c`` (written ``sp=ac``, the service's order): it can
+create blobs and append to append blobs (live upload), but not list, read, replace,
+overwrite or delete anything. What a thief can do with it: add new blobs, and append
+bytes to an existing append blob; fetch finds bytes appended after a segment's
+closing record and leaves them out. Pure standard library (HMAC-SHA256 per
 the Service SAS specification), so the control machine needs no Azure SDK.
 
 The expiry is rounded up to the first day of a month (UTC), so re-running the
@@ -34,7 +38,7 @@ def hatcam_container_sas(
     account_key: str,
     account: str,
     container: str,
-    permissions: str = "c",
+    permissions: str = "ac",
     valid_days: int = 365,
     endpoint: str = "",
     expiry: str = "",

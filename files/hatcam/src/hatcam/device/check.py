@@ -53,7 +53,7 @@ def check_live(settings) -> tuple[bool, str]:
         return True, f"{rights}: live upload on (create + append)"
     return True, (
         f"{rights}: live upload OFF, segments go up whole when they close "
-        "(the SAS has no a, append); provision again to mint sp=ca"
+        "(the SAS has no a, append); provision again to mint sp=ac"
     )
 
 

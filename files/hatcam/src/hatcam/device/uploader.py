@@ -66,7 +66,7 @@ LIVE_CHUNK = 4 * 1024 * 1024  # the most one live append carries (the service's 
 BACKLOG_CHUNK = 1024 * 1024  # the most one catch-up append carries: the live edge first
 FALLBACK = (
     "live upload off: the SAS grants sp={sp} without a (append); segments go up whole "
-    "when they close. Provision again to mint sp=ca."
+    "when they close. Provision again to mint sp=ac (create and append)."
 )
 
 
