@@ -360,3 +360,28 @@ def test_delete_after_keeps_an_unfinished_segment_which_may_still_grow(
     total = 2 * len(finished) + 1
     assert f"deleted {total - 1} of {total} blob(s)" in report
     assert "kept 1 unfinished segment(s)" in report
+
+
+def test_junk_a_thief_appends_to_an_unfinished_segment_does_not_spoil_the_file(
+    azurite, container, tmp_path, capsys
+):
+    """Nothing can verify an unfinished segment, but junk after its frames must not cost
+    the frames before it, nor the rest of the file."""
+    name, client = container
+    spool = record(tmp_path / "spool", 90)
+    found = segments(spool)
+    *finished, (last_path, last_rec, last_blob) = found
+    for path, rec, blob in finished:
+        data = path.read_bytes()
+        append(open_live(client, blob, rec), data)
+        close_live(client, blob, rec, data)
+    data = last_path.read_bytes()
+    append(open_live(client, last_blob, last_rec), data)
+    stolen = ContainerClient.from_container_url(azurite.sas_url(name, "ca"))
+    stolen.get_blob_client(last_blob).append_block(b"\x47" + bytes(range(187)) * 30)
+
+    status, report, _ = fetch(capsys, tmp_path, azurite, name, tmp_path / "out")
+
+    assert status == 0, report
+    assert f"unfinished (no closing record): {last_blob}" in report
+    assert pictures(only_mp4(tmp_path / "out")) == device_pictures([p for p, _, _ in found])

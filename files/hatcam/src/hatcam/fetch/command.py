@@ -201,7 +201,7 @@ class Fetch:
         """What stitching needs to know of a verified file: the device's own account
         (its metadata) when it gave one, else what demuxing the file shows."""
         if remote.kind == listing.UNFINISHED:
-            return stitch.whole_frames(path, remote.torn)
+            return stitch.whole_frames(path)
         return remote.contents or probe(path, legacy=remote.legacy)
 
     def segment(self, remote: listing.Remote, path: Path, contents: Contents) -> stitch.Segment:

@@ -35,6 +35,7 @@ from ..segment import (
 
 END_SUFFIX = CLOSING_SUFFIX  # the closing record of a live segment: <segment blob>.end
 TS_PACKET = 188
+TS_HEADER = 4  # of a TS packet cut off at the end: says whether it continued a frame
 WHOLE, LIVE, UNFINISHED = "whole", "live", "unfinished"
 
 LEGACY_DEVICE = "legacy"
@@ -52,7 +53,7 @@ class Remote:
     name: str
     device: str
     start: datetime  # UTC, from the name
-    size: int  # bytes to download: the blob's, the record's length, or whole TS packets
+    size: int  # bytes to download: the blob's, the record's length, or whole TS packets+
     md5: bytes | None  # what they must hash to (Content-MD5 or the record's); None: unknown
     etag: str
     end: datetime | None = None  # from the metadata, when the device set it
@@ -72,11 +73,6 @@ class Remote:
     def added(self) -> int:
         """Bytes appended to a finished live segment after the device finished it."""
         return max(0, (self.stored or 0) - self.size) if self.kind == LIVE else 0
-
-    @property
-    def torn(self) -> bool:
-        """An unfinished segment cut inside a TS packet: its last frame is incomplete."""
-        return self.kind == UNFINISHED and (self.stored or 0) % TS_PACKET != 0
 
     @property
     def legacy(self) -> bool:
@@ -205,7 +201,8 @@ def _segment(props, closing: Closing | None = None) -> Remote | None:
             stored=props.size,
             **common,
         )
-    # Unfinished: every whole TS packet there is; a torn tail packet is no use.
+    # Unfinished: every whole TS packet there is, and the header of a packet cut off
+    # after them (it tells whether the last frame was cut: see stitch.whole_frames).
     whole = props.size - props.size % TS_PACKET
     if whole == 0:
         return None  # just opened: nothing to fetch yet
@@ -213,7 +210,7 @@ def _segment(props, closing: Closing | None = None) -> Remote | None:
         props.name,
         device,
         name.start,
-        whole,
+        min(props.size, whole + TS_HEADER),
         None,
         props.etag,
         kind=UNFINISHED,

@@ -257,8 +257,6 @@ def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
     for packet in src.demux(stream):
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
             continue
-        if seg.cut and index == seg.frames:
-            break
         if seg.legacy:
             pts = dts = index * seg.ticks
         else:
@@ -273,29 +271,46 @@ def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
         out.mux(packet)
         first = pts if first is None else min(first, pts)
         end = max(end, pts + seg.ticks)
+        if seg.cut and index == seg.frames:
+            break  # before the demuxer reads on into what follows (torn, or unknown)
     return index, first if first is not None else 0, end
 
 
-def whole_frames(path: Path, torn: bool) -> Contents:
-    """What an unfinished segment holds (see ``probe`` with ``torn_ok``): when its tail was
-    torn, the last frame is incomplete and left out."""
+def whole_frames(path: Path) -> Contents:
+    """What an unfinished segment holds (see ``probe`` with ``torn_ok``), in whole frames.
+
+    The file is whole TS packets, maybe followed by the header of a packet cut off after
+    them: when that packet continued the last frame's PES, the frame is torn and left out.
+    """
     contents = probe(path, torn_ok=True)
-    if not torn:
-        return contents
-    if contents.frames < 2:
-        raise ValueError(f"{path.name}: holds no complete frame")
-    pts = []
+    pts, pid = [], None
     with av.open(str(path), format="mpegts") as container:
         stream = container.streams.video[0]
-        ticks = to_ticks(stream.time_base)
+        pid, ticks = stream.id, to_ticks(stream.time_base)
         try:
             for packet in container.demux(stream):
                 if packet.size and packet.pts is not None:
                     pts.append(ticks(packet.pts))
         except av.error.FFmpegError:
             pass  # as probe: keep what was read before the damage
-    pts = pts[: contents.frames - 1]
+    pts = pts[: contents.frames]
+    if _continues_pes(path, pid):
+        pts.pop()
+    if not pts:
+        raise ValueError(f"{path.name}: holds no complete frame")
     return Contents(len(pts), pts[0], pts[-1], contents.width, contents.height)
+
+
+def _continues_pes(path: Path, pid: int) -> bool:
+    """Whether the file ends with the header of a cut-off packet continuing ``pid``'s PES."""
+    size = path.stat().st_size
+    if size % 188 < 4:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(size - size % 188)
+        head = fh.read(4)
+    sync, unit_start = head[0] == 0x47, head[1] & 0x40
+    return sync and not unit_start and ((head[1] & 0x1F) << 8 | head[2]) == pid
 
 
 def measure(path: Path) -> tuple[int, int]:
