@@ -48,7 +48,10 @@ def test_camera_and_uploader_deliver_playable_gap_free_segments(tmp_path, azurit
     assert uploader.wait(20) == 0
 
     client = azurite.container(container, create=False)
-    blobs = sorted(b.name for b in client.list_blobs(name_starts_with="hat1/"))
+    # The segments (live append blobs; each has its closing record <blob>.end beside it).
+    blobs = sorted(
+        b.name for b in client.list_blobs(name_starts_with="hat1/") if b.name.endswith(".ts")
+    )
     assert len(blobs) >= 4
     pts = []
     for name in blobs:
