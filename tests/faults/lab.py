@@ -34,6 +34,8 @@ from pathlib import Path
 
 import av
 
+from hatcam.segment import CLOSING_SUFFIX, LIVE_KEY
+
 SPOOL = "/var/lib/hatcam/spool"
 ENV_FILE = "/etc/hatcam/hatcam.env"
 UNITS = ("hatcam-camera", "hatcam-upload")
@@ -68,6 +70,8 @@ class Segment:
     first_pts: int | None = None
     last_pts: int | None = None
     md5_ok: bool = False
+    # A live (append) blob: the device's bytes, from its closing record ("<blob>.end").
+    length: int | None = None
 
     @property
     def filename(self) -> str:
@@ -219,12 +223,30 @@ class Lab:
         return [b.name for b in client.list_blobs(name_starts_with=f"{self.pi.device}/")]
 
     def blobs(self) -> dict[str, Segment]:
+        """Every finished segment in the store: a whole-segment blob with its metadata, or
+        a live append blob with its closing record (metadata, length, MD5). A live blob
+        still open (no closing record yet) is left out: the camera has not finished it."""
         found = {}
         client = self.pi.container()
-        for blob in client.list_blobs(name_starts_with=f"{self.pi.device}/", include=["metadata"]):
+        listed = list(
+            client.list_blobs(name_starts_with=f"{self.pi.device}/", include=["metadata"])
+        )
+        closing = {
+            b.name[: -len(CLOSING_SUFFIX)]: b for b in listed if b.name.endswith(CLOSING_SUFFIX)
+        }
+        for blob in listed:
+            if blob.name.endswith(CLOSING_SUFFIX):
+                continue
             match = NAME_RE.fullmatch(blob.name.rsplit("/", 1)[-1])
             assert match, f"unexpected blob name {blob.name}"
             meta = blob.metadata or {}
+            md5, length = blob.content_settings.content_md5, None
+            if meta.get(LIVE_KEY) == "true":
+                end = closing.get(blob.name)
+                if end is None:
+                    continue
+                meta = end.metadata
+                md5, length = bytes.fromhex(meta["md5"]), int(meta["length"])
             found[blob.name] = Segment(
                 name=blob.name,
                 seq=int(match[3]),
@@ -235,15 +257,48 @@ class Lab:
                 frames=int(meta["frames"]),
                 clock_synced=meta.get("clock_synced", ""),
                 size=blob.size,
-                md5_stored=blob.content_settings.content_md5,
+                md5_stored=md5,
                 created=blob.creation_time,
                 modified=blob.last_modified,
+                length=length,
             )
         return found
 
+    def recovery_point(self, at: float | None = None) -> float | None:
+        """Seconds from the newest frame the cloud holds (open live blobs included) to
+        ``at`` (default now): what a destroyed device would lose. The frame's capture time
+        is its segment's start (the name's stamp) plus its PTS from the segment's first
+        frame; None when the store holds no frame of this device."""
+        at = time.time() if at is None else at
+        client = self.pi.container()
+        names = [
+            b.name
+            for b in client.list_blobs(name_starts_with=f"{self.pi.device}/")
+            if NAME_RE.fullmatch(b.name.rsplit("/", 1)[-1])
+        ]
+        for name in sorted(names, key=lambda n: int(NAME_RE.fullmatch(n.rsplit("/", 1)[-1])[3]))[
+            ::-1
+        ]:
+            data = client.download_blob(name).readall()
+            data = data[: len(data) // 188 * 188]  # an open one may end mid-packet
+            times = []
+            try:
+                with av.open(io.BytesIO(data), format="mpegts") as media:
+                    times = [f.time for f in media.decode(video=0) if f.time is not None]
+            except av.error.FFmpegError:
+                pass
+            if times:
+                stamp = stamp_time(NAME_RE.fullmatch(name.rsplit("/", 1)[-1])[1]).timestamp()
+                return round(at - (stamp + max(times) - min(times)), 2)
+        return None
+
     def inspect(self, segment: Segment) -> Segment:
         """Download the blob, compare it with its stored MD5, decode every frame."""
-        data = self.pi.container().download_blob(segment.name).readall()
+        data = (
+            self.pi.container().download_blob(segment.name, 0, segment.length).readall()
+            if segment.length is not None
+            else self.pi.container().download_blob(segment.name).readall()
+        )
         segment.md5_ok = segment.md5_stored is not None and (
             hashlib.md5(data).digest() == bytes(segment.md5_stored)
         )
