@@ -67,7 +67,7 @@ def recovery_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
             f"{whole['kills']} kills, shipped defaults (720p30, 10 s segments, 4 Mbit/s)",
             f"{points(live)} (live, sp=ca)",
             f"{points(whole)} (whole segments, sp=c)",
-            f"{live['max_s'] / max(whole['max_s'], 1e-9):.2f}x",
+            f"{live['max_s'] / whole['max_s']:.2f}x" if whole["max_s"] > 0 else "-",
             f"max <= 2 s: {verdict(live['max_s'] <= 2.0)}",
         ),
         (
@@ -82,7 +82,9 @@ def recovery_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
             f"requests per minute, and what they cost per day of recording ({r['price']})",
             f"{live['requests_per_min']:.1f} /min, USD {live['usd_per_day']:.2f}/day",
             f"{whole['requests_per_min']:.1f} /min, USD {whole['usd_per_day']:.2f}/day",
-            f"{live['requests_per_min'] / max(whole['requests_per_min'], 1e-9):.1f}x",
+            f"{live['requests_per_min'] / whole['requests_per_min']:.1f}x"
+            if whole["requests_per_min"]
+            else "-",
             "-",
         ),
         (
