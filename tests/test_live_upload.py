@@ -442,3 +442,52 @@ def test_a_create_and_append_sas_uploads_live_and_still_cannot_list_read_or_repl
         with pytest.raises(HttpResponseError) as refused:
             attempt()
         assert refused.value.status_code in (403, 409)
+
+
+def test_a_thief_appending_to_the_open_segment_costs_the_cloud_its_tail_not_the_card(
+    tmp_path, azurite, container_name, daemons
+):
+    """A stolen sp=ac credential appends to the blob the camera is still sending. The
+    device's next append then fails its position check: the closing record names only the
+    device's own prefix (fetch keeps it and reports the rest), and the whole segment
+    stays on the card in kept/ instead of being deleted as if the cloud had it."""
+    azurite.container(container_name)
+    sas_url = azurite.sas_url(container_name, "ac")
+    settings = settings_for(tmp_path, azurite, container_name, HATCAM_RESOLUTION="320x240")
+    settings["HATCAM_SEGMENT_SECONDS"] = "8"
+    d = daemons(settings)
+    d.start("camera")
+    d.start("upload")
+    wait_until(lambda: open_segment(settings) and synced(open_segment(settings)), 60, "a sync")
+    segment = open_segment(settings)
+    blob = SegmentName.parse(segment.name).blob_name("hat1")
+    client = azurite.container(container_name, create=False)
+    wait_until(lambda: blob_size(client, blob) > 0, 10, "the open segment in the cloud")
+
+    from azure.storage.blob import ContainerClient
+
+    ContainerClient.from_container_url(sas_url).get_blob_client(blob).append_block(b"\0" * 376)
+    kept = spool(settings) / "kept" / segment.name
+    wait_until(kept.exists, 60, "the interfered segment kept on the card")
+    d.stop("camera")
+    drained(settings)
+    d.stop("upload")
+
+    record = client.get_blob_client(blob + ".end").get_blob_properties().metadata
+    cloud = client.download_blob(blob).readall()
+    card = kept.read_bytes()
+    length = int(record["length"])
+    assert cloud[:length] == card[:length], "the record names the device's own prefix"
+    assert hashlib.md5(card[:length]).hexdigest() == record["md5"]
+    assert cloud[length : length + 376] == b"\0" * 376, "the thief's bytes follow it"
+    assert length < len(card), "the device's tail never reached this blob"
+    assert kept.with_suffix(".json").exists(), "kept with its record"
+    log = (tmp_path / "upload.log").read_text()
+    assert "someone else appended to its blob" in log and str(kept) in log
+    # The segments after it are unaffected.
+    later = [
+        n
+        for n in (b.name for b in client.list_blobs())
+        if n.endswith(".ts") and SegmentName.parse(n).seq > SegmentName.parse(blob).seq
+    ]
+    assert later, "recording and live upload went on"

@@ -3,6 +3,7 @@
     recording/   the segment being written (at most one per camera daemon)
     ready/       closed segments, each ``<name>.ts`` with its ``<name>.json``
     state/       sequence counter and the daemons' status files
+    kept/        segments whose cloud copy someone else appended to: kept whole, for good
 
 A segment moves from recording/ to ready/ by an atomic rename after fsync, so
 ready/ only ever holds complete files. Its metadata is written first, so a
@@ -83,6 +84,19 @@ class Spool:
         fsync_dir(self.ready)
         fsync_dir(self.recording)
         return target
+
+    def keep(self, segment: Path) -> Path:
+        """Move a segment out of the queue into kept/ for good (its cloud copy was
+        interfered with): it is never sent again, and never dropped to make room."""
+        kept = self.root / "kept"
+        if not kept.is_dir():
+            kept.mkdir()
+            fsync_dir(self.root)
+        os.replace(self.metadata_path(segment), self.metadata_path(kept / segment.name))
+        os.replace(segment, kept / segment.name)
+        fsync_dir(kept)
+        fsync_dir(segment.parent)
+        return kept / segment.name
 
     def remove(self, segment: Path) -> None:
         """Forget a segment (after upload or when dropped); the .ts goes first."""

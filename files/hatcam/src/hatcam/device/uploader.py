@@ -395,6 +395,13 @@ class Uploader:
                 segment.name,
             )
             record = record.marked_damaged()
+        # Someone else appended to the blob: the cloud holds this device's bytes only up
+        # to where that happened, so the record names that prefix (fetch keeps it and
+        # reports the rest) and the whole segment stays on the card.
+        interfered = segment.name in self.foreign
+        if interfered:
+            data = data[: self.sent.get(segment.name, 0)]
+            md5 = hashlib.md5(data).hexdigest()
         closing = ClosingRecord(record, len(data), md5)
         blob = closing_record_name(self._blob(segment.name))
         body = closing.to_json()
@@ -410,7 +417,17 @@ class Uploader:
             if exc.status_code not in (409, 403, 412):
                 raise
             self._already_there(blob)
-        self.spool.remove(segment)
+        if interfered:
+            kept = self.spool.keep(segment)
+            log.error(
+                "%s: someone else appended to its blob; the cloud holds this device's first "
+                "%d bytes; the whole segment stays on the card as %s",
+                self._blob(segment.name),
+                len(data),
+                kept,
+            )
+        else:
+            self.spool.remove(segment)
         self.sent.pop(segment.name, None)
         self.foreign.discard(segment.name)
         self._save_live_state()
