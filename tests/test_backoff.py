@@ -139,12 +139,14 @@ def test_uploads_never_give_up_and_land_once_the_store_is_back(tmp_path):
     try:
         waits = failing_uploads(settings, spool, 0, after_wait).waits
         assert len(waits) > 500, f"the uploader stopped trying after {len(waits)} failures"
-        landed = [b.name for b in client.list_blobs()]
+        landed = sorted(b.name for b in client.list_blobs())
     finally:
         store.stop()
     assert max(waits[:500]) <= 60.0
     assert max(waits[400:500]) > 50, "still retrying at the cap after 500 failures"
-    assert len(landed) == 1 and landed[0].endswith(segment.name)
+    # Live upload (a connection string may append): the segment and its closing record.
+    assert len(landed) == 2 and landed[0].endswith(segment.name), landed
+    assert landed[1] == landed[0] + ".end", landed
 
 
 # --- stills ---------------------------------------------------------------------------
