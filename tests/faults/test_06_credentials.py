@@ -28,7 +28,7 @@ def expired_sas_url(pi, host: str) -> tuple[str, str]:
         pi.svc["account"],
         pi.svc["container"],
         account_key=pi.svc["account_key"],
-        permission="c",
+        permission="ac",  # what the role mints: create and append (live upload)
         start=now - timedelta(days=2),
         expiry=now - timedelta(days=1),
     )
