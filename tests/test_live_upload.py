@@ -172,6 +172,19 @@ def drained(settings, timeout=90) -> None:
     )
 
 
+def recording_live(daemons, settings, client):
+    """Camera and uploader started, and the open segment's first synced bytes in the
+    cloud; the daemons, the open segment and its blob name."""
+    d = daemons(settings)
+    d.start("camera")
+    d.start("upload")
+    wait_until(lambda: open_segment(settings) and synced(open_segment(settings)), 60, "a sync")
+    segment = open_segment(settings)
+    blob = SegmentName.parse(segment.name).blob_name("hat1")
+    wait_until(lambda: blob_size(client, blob) > 0, 10, "the open segment in the cloud")
+    return d, segment, blob
+
+
 def pts_of(data: bytes) -> list[int]:
     with av.open(io.BytesIO(data), format="mpegts") as container:
         return [p.pts for p in container.demux(video=0) if p.pts is not None and p.size]
@@ -411,14 +424,8 @@ def test_a_create_and_append_sas_uploads_live_and_still_cannot_list_read_or_repl
     settings = settings_for(tmp_path, azurite, container_name, **LIGHT)
     del settings["BLOB_CONNECTION_STRING"]
     settings["HATCAM_BLOB_SAS_URL"] = sas_url
-    d = daemons(settings)
-    d.start("camera")
-    d.start("upload")
-    wait_until(lambda: open_segment(settings) and synced(open_segment(settings)), 60, "a sync")
-    segment = open_segment(settings)
-    blob = SegmentName.parse(segment.name).blob_name("hat1")
     client = azurite.container(container_name, create=False)
-    wait_until(lambda: blob_size(client, blob) > 0, 10, "the open segment in the cloud")
+    d, segment, blob = recording_live(daemons, settings, client)
     assert "live upload off" not in (tmp_path / "upload.log").read_text()
     check = hatcam("check", settings=settings).stdout
     assert "SAS sp=ac: live upload on" in check, check
@@ -455,14 +462,8 @@ def test_a_thief_appending_to_the_open_segment_costs_the_cloud_its_tail_not_the_
     sas_url = azurite.sas_url(container_name, "ac")
     settings = settings_for(tmp_path, azurite, container_name, HATCAM_RESOLUTION="320x240")
     settings["HATCAM_SEGMENT_SECONDS"] = "8"
-    d = daemons(settings)
-    d.start("camera")
-    d.start("upload")
-    wait_until(lambda: open_segment(settings) and synced(open_segment(settings)), 60, "a sync")
-    segment = open_segment(settings)
-    blob = SegmentName.parse(segment.name).blob_name("hat1")
     client = azurite.container(container_name, create=False)
-    wait_until(lambda: blob_size(client, blob) > 0, 10, "the open segment in the cloud")
+    d, segment, blob = recording_live(daemons, settings, client)
 
     from azure.storage.blob import ContainerClient
 

@@ -87,6 +87,18 @@ def wait_port(host: str, port: int, pid: int, what: str, timeout: float = 30) ->
     raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
+def serve(cmd: list[str], log: Path, env, detach: bool, host: str, port: int, what: str) -> int:
+    """Start a server and wait until it listens on ``host:port``; its PID. A server that
+    does not come up is stopped, not left behind."""
+    pid = spawn(cmd, log, env, detach)
+    try:
+        wait_port(host, port, pid, what)
+    except BaseException:
+        terminate(pid)
+        raise
+    return pid
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

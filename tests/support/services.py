@@ -20,7 +20,7 @@ from azure.storage.blob import (
 )
 
 from . import ROOT
-from .procs import free_port, spawn, terminate, wait_port
+from .procs import free_port, serve, terminate
 
 AZURITE_BIN = Path(
     os.environ.get("AZURITE_BLOB", ROOT / ".cache/azurite/node_modules/.bin/azurite-blob")
@@ -81,12 +81,8 @@ class Azurite:
             "--skipApiVersionCheck",
             "--silent",
         ]
-        self.pid = spawn(cmd, self.workdir / "azurite.log", env, self.detach)
-        try:
-            wait_port(self.host, self.port, self.pid, "azurite-blob")
-        except BaseException:
-            self.stop()
-            raise
+        log = self.workdir / "azurite.log"
+        self.pid = serve(cmd, log, env, self.detach, self.host, self.port, "azurite-blob")
         return self
 
     def stop(self) -> None:
@@ -154,12 +150,10 @@ class RedisServer:
             + (f"requirepass {self.password}\n" if self.password else "")
             + self.extra
         )
-        self.pid = spawn([binary, str(conf)], self.workdir / "redis.log", None, self.detach)
-        try:
-            wait_port(self.host, self.port, self.pid, "redis-server")
-        except BaseException:
-            self.stop()
-            raise
+        log = self.workdir / "redis.log"
+        self.pid = serve(
+            [binary, str(conf)], log, None, self.detach, self.host, self.port, "redis-server"
+        )
         return self
 
     def stop(self) -> None:
