@@ -72,6 +72,10 @@ class Segment:
     md5_ok: bool = False
     # A live (append) blob: the device's bytes, from its closing record ("<blob>.end").
     length: int | None = None
+    # Nothing written over it: a whole blob never modified after its creation; a live one
+    # holding exactly the bytes its closing record names, that record never rewritten
+    # (an append blob is modified by every append, by design).
+    written_once: bool = True
 
     @property
     def filename(self) -> str:
@@ -241,12 +245,14 @@ class Lab:
             assert match, f"unexpected blob name {blob.name}"
             meta = blob.metadata or {}
             md5, length = blob.content_settings.content_md5, None
+            written_once = blob.creation_time == blob.last_modified
             if meta.get(LIVE_KEY) == "true":
                 end = closing.get(blob.name)
                 if end is None:
                     continue
                 meta = end.metadata
                 md5, length = bytes.fromhex(meta["md5"]), int(meta["length"])
+                written_once = blob.size == length and end.creation_time == end.last_modified
             found[blob.name] = Segment(
                 name=blob.name,
                 seq=int(match[3]),
@@ -261,6 +267,7 @@ class Lab:
                 created=blob.creation_time,
                 modified=blob.last_modified,
                 length=length,
+                written_once=written_once,
             )
         return found
 
