@@ -64,6 +64,8 @@ class Segment:
     clock_synced: str
     size: int
     md5_stored: bytes | None
+    # When the cloud had all of it: a whole blob's creation; for a live blob, its closing
+    # record's (the append blob itself is created when the segment opens).
     created: datetime
     modified: datetime
     decoded: int = -1
@@ -246,6 +248,7 @@ class Lab:
             meta = blob.metadata or {}
             md5, length = blob.content_settings.content_md5, None
             written_once = blob.creation_time == blob.last_modified
+            created, modified = blob.creation_time, blob.last_modified
             if meta.get(LIVE_KEY) == "true":
                 end = closing.get(blob.name)
                 if end is None:
@@ -253,6 +256,7 @@ class Lab:
                 meta = end.metadata
                 md5, length = bytes.fromhex(meta["md5"]), int(meta["length"])
                 written_once = blob.size == length and end.creation_time == end.last_modified
+                created, modified = end.creation_time, end.last_modified
             found[blob.name] = Segment(
                 name=blob.name,
                 seq=int(match[3]),
@@ -264,8 +268,8 @@ class Lab:
                 clock_synced=meta.get("clock_synced", ""),
                 size=blob.size,
                 md5_stored=md5,
-                created=blob.creation_time,
-                modified=blob.last_modified,
+                created=created,
+                modified=modified,
                 length=length,
                 written_once=written_once,
             )

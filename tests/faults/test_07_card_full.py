@@ -149,7 +149,8 @@ def test_drop_oldest_drops_the_oldest_unsent_each_logged(pi, lab, small_card):
     )
     assert figures.duplicated == 0 and not figures.bad_md5 and not figures.decode_mismatch
     assert figures.runs == 1, f"the camera started again: {figures.breaks}"
-    # The oldest unsent went first: those not uploaded before the cut, from the front.
+    # The oldest unsent went first: those not wholly in the cloud before the cut (a live
+    # segment only partly sent counts as unsent), from the front.
     unsent = sorted(
         q
         for q in range(window.seq0 + 1, window.seq1 + 1)
