@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.support import ROOT, hostsvc
+from tests.support.footage import landed_segments
 from tests.support.vpi import state as vpi_state
 from tests.support.vpi.guest import ssh_base
 
@@ -66,13 +67,10 @@ def store(kept_demo):
     _, summary, _ = kept_demo
     state = hostsvc.load(STATE)
     client = hostsvc.container(state)
-    blobs = sorted(
-        client.list_blobs(name_starts_with=f"{summary['device']}/", include=["metadata"]),
-        key=lambda b: b.name,
-    )
+    blobs = landed_segments(client, f"{summary['device']}/")
     decoded = []
     for blob in blobs:
-        data = client.download_blob(blob.name).readall()
+        data = client.download_blob(blob.name, offset=0, length=blob.length).readall()
         with av.open(io.BytesIO(data), format="mpegts") as container:
             frames = sum(1 for _ in container.decode(video=0))
         decoded.append(frames)

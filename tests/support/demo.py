@@ -31,6 +31,7 @@ from pathlib import Path
 import av
 
 from . import ROOT, hostsvc
+from .footage import landed_segments
 from .session import VPI, ProvisionedPi, run
 
 NAME, SUBNET = "demo", "10.213.9"
@@ -157,7 +158,7 @@ def summarize(
     stills_total: int,
     stills: list[Path],
 ) -> dict:
-    blobs = list(pi.container().list_blobs(name_starts_with=f"{pi.device}/", include=["metadata"]))
+    blobs = landed_segments(pi.container(), f"{pi.device}/")
 
     def start(blob):
         return datetime.fromisoformat(blob.metadata["start"].replace("Z", "+00:00")).timestamp()

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -14,6 +16,7 @@ import av
 from hatcam.device.camera.synthetic import SyntheticCamera
 from hatcam.device.segmenter import Segmenter
 from hatcam.device.spool import Spool
+from hatcam.segment import CLOSING_SUFFIX, LIVE_KEY
 
 SMALL = {"width": 320, "height": 240, "fps": 30}
 
@@ -89,3 +92,34 @@ def wait_until(predicate, timeout, what, poll=0.1):
             return
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Landed:
+    """A segment the cloud has whole: its blob name, the record that describes it (a whole
+    blob's own metadata, or a live append blob's closing record), when the cloud had all
+    of it, and how many of the blob's bytes are the device's."""
+
+    name: str
+    metadata: dict
+    creation_time: datetime
+    length: int
+
+
+def landed_segments(client, prefix: str) -> list[Landed]:
+    """The finished segments under ``prefix``, by name; a live blob still open (no closing
+    record) is not finished and not listed."""
+    listed = list(client.list_blobs(name_starts_with=prefix, include=["metadata"]))
+    closing = {b.name[: -len(CLOSING_SUFFIX)]: b for b in listed if b.name.endswith(CLOSING_SUFFIX)}
+    found = []
+    for blob in sorted(listed, key=lambda b: b.name):
+        if not blob.name.endswith(".ts"):
+            continue
+        if (blob.metadata or {}).get(LIVE_KEY) != "true":
+            found.append(Landed(blob.name, blob.metadata, blob.creation_time, blob.size))
+        elif blob.name in closing:
+            end = closing[blob.name]
+            found.append(
+                Landed(blob.name, end.metadata, end.creation_time, int(end.metadata["length"]))
+            )
+    return found
