@@ -164,7 +164,8 @@ def summarize(
         return datetime.fromisoformat(blob.metadata["start"].replace("Z", "+00:00")).timestamp()
 
     during = [b for b in blobs if cut <= start(b) < restored]
-    after = [b for b in during if b.creation_time.timestamp() >= restored]
+    # The store's creation times are whole seconds, rounded down.
+    after = [b for b in during if b.creation_time.timestamp() + 1 > restored]
     mp4s = sorted(out.glob("*.mp4"))
     facts = [mp4_facts(path) for path in mp4s]
     first = min(start(b) for b in blobs)
