@@ -79,15 +79,19 @@ def close_live(client: ContainerClient, blob: str, rec: SegmentRecord, data: byt
     )
 
 
-def upload_live(client: ContainerClient, spool) -> list[str]:
-    """Every segment sent live and finished with its closing record."""
-    names = []
-    for path, rec, blob in segments(spool):
+def send_finished(client: ContainerClient, found) -> list[str]:
+    """Each of ``found`` (from ``segments``) sent live and finished with its closing
+    record; their blob names."""
+    for path, rec, blob in found:
         data = path.read_bytes()
         append(open_live(client, blob, rec), data)
         close_live(client, blob, rec, data)
-        names.append(blob)
-    return names
+    return [blob for _, _, blob in found]
+
+
+def upload_live(client: ContainerClient, spool) -> list[str]:
+    """Every segment sent live and finished with its closing record."""
+    return send_finished(client, segments(spool))
 
 
 def upload_whole(client: ContainerClient, spool) -> list[str]:
@@ -191,10 +195,7 @@ def test_an_unfinished_segment_cut_mid_packet_still_plays_with_the_rest(
     spool = record(tmp_path / "spool", 150)
     found = segments(spool)
     *finished, (last_path, last_rec, last_blob) = found
-    for path, rec, blob in finished:
-        data = path.read_bytes()
-        append(open_live(client, blob, rec), data)
-        close_live(client, blob, rec, data)
+    send_finished(client, finished)
     # The device died while sending its open segment: the cloud holds a prefix, cut in
     # the middle of a TS packet inside frame k, and no closing record.
     data = last_path.read_bytes()
@@ -347,10 +348,7 @@ def test_delete_after_keeps_an_unfinished_segment_which_may_still_grow(
     name, client = container
     spool = record(tmp_path / "spool", 90)
     *finished, (last_path, last_rec, last_blob) = segments(spool)
-    for path, rec, blob in finished:
-        data = path.read_bytes()
-        append(open_live(client, blob, rec), data)
-        close_live(client, blob, rec, data)
+    send_finished(client, finished)
     append(open_live(client, last_blob, last_rec), last_path.read_bytes()[: 20 * TS])
 
     status, report, _ = fetch(capsys, tmp_path, azurite, name, tmp_path / "out", "--delete-after")
@@ -371,10 +369,7 @@ def test_junk_a_thief_appends_to_an_unfinished_segment_does_not_spoil_the_file(
     spool = record(tmp_path / "spool", 90)
     found = segments(spool)
     *finished, (last_path, last_rec, last_blob) = found
-    for path, rec, blob in finished:
-        data = path.read_bytes()
-        append(open_live(client, blob, rec), data)
-        close_live(client, blob, rec, data)
+    send_finished(client, finished)
     data = last_path.read_bytes()
     append(open_live(client, last_blob, last_rec), data)
     stolen = ContainerClient.from_container_url(azurite.sas_url(name, "ca"))
