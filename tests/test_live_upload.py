@@ -214,7 +214,8 @@ def assert_all_landed_once(client, camera_runs: int) -> list[str]:
             if gap <= 0:  # a new camera run starts its PTS again
                 runs += 1
             else:
-                step = statistics.median(b - a for a, b in zip(pts, pts[1:], strict=False))
+                longer = pts if len(pts) > 1 else previous  # a last segment may hold 1 frame
+                step = statistics.median(b - a for a, b in zip(longer, longer[1:], strict=False))
                 assert gap <= 2.5 * step, f"{blob}: frames missing before it ({gap} ticks)"
         previous = pts
     assert runs <= camera_runs
@@ -367,6 +368,41 @@ def test_a_link_cut_mid_segment_then_back_lands_everything_once_live_edge_first(
     finally:
         proxy.stop()
     assert_all_landed_once(azurite.container(container_name, create=False), 1)
+
+
+def test_an_expired_sas_keeps_everything_and_a_good_one_drains_it_exactly_once(
+    tmp_path, azurite, container_name, daemons
+):
+    """The device behind an expired sp=ac SAS: every create is refused (403, not
+    "already there"), so nothing counts as sent; provisioned again with a good SAS, the
+    new uploader sends every segment, the one left open included, exactly once."""
+    azurite.container(container_name)
+    settings = settings_for(tmp_path, azurite, container_name, **LIGHT)
+    del settings["BLOB_CONNECTION_STRING"]
+    settings["HATCAM_BLOB_SAS_URL"] = azurite.sas_url(container_name, "ac", hours=-24)
+    d = daemons(settings)
+    d.start("camera")
+    d.start("upload")
+    wait_until(
+        lambda: len(list((spool(settings) / "ready").glob("*.ts"))) >= 2,
+        60,
+        "two segments queued behind the expired SAS",
+    )
+    d.stop("camera")
+    time.sleep(1.5)  # at least one more try at the segment the camera just closed
+    d.stop("upload")
+    client = azurite.container(container_name, create=False)
+    assert not list(client.list_blobs()), "nothing lands with an expired SAS"
+    assert "403" in (tmp_path / "upload.log").read_text()
+    status = json.loads(hatcam("status", "--json", settings=settings).stdout)
+    assert status["footage_at_risk_s"] >= 8, status  # all of it: the cloud has none
+
+    settings["HATCAM_BLOB_SAS_URL"] = azurite.sas_url(container_name, "ac")
+    again = daemons(settings)
+    again.start("upload")
+    drained(settings)
+    again.stop("upload")
+    assert len(assert_all_landed_once(client, 1)) >= 3
 
 
 def test_a_create_only_sas_falls_back_to_whole_segments_with_one_log_line(

@@ -346,8 +346,7 @@ class Uploader:
             self._create_container(exc)
             return self._create(name, live_meta)
         except HttpResponseError as exc:
-            # 409 (or 403 to a SAS that may not overwrite): created before, reply lost.
-            if exc.status_code not in (409, 403, 412):
+            if not self._exists_already(exc):
                 raise
         self.sent[name] = 0
         self._save_live_state()
@@ -361,6 +360,15 @@ class Uploader:
             self.client.get_blob_client(self._blob(name)).append_block(
                 data, length=len(data), appendpos_condition=offset, validate_content=True
             )
+        except ResourceNotFoundError as exc:
+            if offset or error_code(exc) != "BlobNotFound":
+                raise
+            # Never created (a state saved by an older version that took an expired
+            # SAS's 403 for "already there"): forget it, so the next round creates it.
+            self.sent.pop(name, None)
+            self.intent = None
+            self._save_live_state()
+            return
         except HttpResponseError as exc:
             if exc.status_code != 412:
                 raise
@@ -414,7 +422,7 @@ class Uploader:
                 overwrite=False,
             )
         except HttpResponseError as exc:
-            if exc.status_code not in (409, 403, 412):
+            if not self._exists_already(exc):
                 raise
             self._already_there(blob)
         if interfered:
@@ -434,6 +442,15 @@ class Uploader:
         self.uploaded += 1
         self.last_upload = iso(datetime.now(UTC))
         log.info("uploaded %s (%.1f MB, closed)", self._blob(segment.name), len(data) / 1e6)
+
+    def _exists_already(self, exc: HttpResponseError) -> bool:
+        """A create-only request refused because the blob is there: an earlier attempt
+        landed and its reply was lost. 409 or 412 to the create-only condition; 403 only
+        for want of the right to overwrite (a SAS without w). Any other 403 (expired,
+        revoked, wrong signature) means nothing was created."""
+        if exc.status_code in (409, 412):
+            return True
+        return exc.status_code == 403 and error_code(exc) == "AuthorizationPermissionMismatch"
 
     def _already_there(self, blob: str) -> None:
         self.already_there += 1
