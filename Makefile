@@ -37,7 +37,7 @@ lint: setup ## ruff, import contracts (.importlinter), yamllint, ansible-lint (p
 	ansible-lint -q
 
 test: setup lint ## the whole suite: pytest against real Azurite and redis-server, then molecule
-	pytest -q tests
+	pytest -q --durations=25 tests
 	$(MAKE) test-molecule
 
 test-molecule: setup ## the real playbook on a booted virtual Pi (needs root: mounts, nftables)

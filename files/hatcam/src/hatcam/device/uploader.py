@@ -4,10 +4,12 @@ Live (a connection string, or a SAS granting ``ca``): the open segment goes up w
 it records, into an append blob, only as far as the camera has synced it to the card
 (``recording/<name>.synced``). Each Append Block carries its transactional MD5 and
 the append-position condition; before each one the intent ``{name, offset, length}``
-is written durably to ``state/live.json``, so after a lost reply or a crash exactly
-that block is sent again at that offset: 2xx, it landed now; 412, it landed before.
+(with what earlier appends confirmed) is written durably to ``state/live.json``, so
+after a lost reply or a crash exactly that block is sent again at that offset: 2xx,
+it landed now; 412, it landed before.
 Block boundaries are never re-cut, so a 412 can never skip bytes. Each round sends
-the live edge first, then one chunk (at most 1 MiB) of the oldest closed segment;
+the live edge first, then one chunk of the oldest closed segment (half a second at the
+link's measured rate, 256 KiB to 4 MiB);
 a closed segment whose bytes are all up gets its create-only closing record
 ``<blob>.end`` (length, MD5 and the rest of the record), and only then leaves the card.
 
@@ -63,7 +65,10 @@ log = logging.getLogger("hatcam.uploader")
 POLL_SECONDS = 0.2  # how often an idle uploader looks for a new segment
 LIVE_POLL_SECONDS = 0.1  # how often a live uploader looks for newly synced bytes
 LIVE_CHUNK = 4 * 1024 * 1024  # the most one live append carries (the service's limit)
-BACKLOG_CHUNK = 1024 * 1024  # the most one catch-up append carries: the live edge first
+# A catch-up append carries about BACKLOG_SECONDS of the link's measured rate: the live
+# edge waits at most that long behind it, and a fast link drains in few, large requests.
+BACKLOG_SECONDS = 0.5
+BACKLOG_CHUNK = (256 * 1024, LIVE_CHUNK)  # the least and the most one catch-up carries
 FALLBACK = (
     "live upload off: the SAS grants sp={sp} without a (append); segments go up whole "
     "when they close. Provision again to mint sp=ac (create and append)."
@@ -101,6 +106,8 @@ class Uploader:
         self.last_append: float | None = None  # wall time of the last confirmed append
         self.live_since: float | None = None  # when the live edge last failed (stalled)
         self.state_written = 0.0
+        self.unsaved = False  # confirmed appends not yet in live.json
+        self.link_rate = 2e6  # bytes/s the last appends went at (first guess: 16 Mbit/s)
 
     def run(self) -> None:
         log.info(
@@ -215,7 +222,11 @@ class Uploader:
             if busy or time.monotonic() - self.state_written >= 1:
                 self._write_state()
             if not busy:
+                if self.unsaved:
+                    self._save_live_state()
                 self.stop_event.wait(LIVE_POLL_SECONDS)
+        if self.unsaved:
+            self._save_live_state()
 
     def _load_live_state(self) -> None:
         try:
@@ -229,6 +240,7 @@ class Uploader:
         """Durable: a crash after this line resends exactly this intent."""
         data = {"intent": self.intent, "sent": self.sent}
         write_atomic(self.live_state, json.dumps(data).encode())
+        self.unsaved = False
 
     def _live_round(self) -> bool:
         """One round: the pending intent, the live edge, then one backlog step."""
@@ -308,7 +320,8 @@ class Uploader:
                     self._create(name, live_meta=False)
                 offset = self.sent[name]
                 fh.seek(offset)
-                data = fh.read(BACKLOG_CHUNK)
+                least, most = BACKLOG_CHUNK
+                data = fh.read(min(most, max(least, int(self.link_rate * BACKLOG_SECONDS))))
                 if data and name not in self.foreign:
                     self._append(name, offset, data)
                     return True
@@ -356,10 +369,14 @@ class Uploader:
         if not retry:
             self.intent = {"name": name, "offset": offset, "length": len(data)}
             self._save_live_state()
+        started = time.monotonic()
         try:
             self.client.get_blob_client(self._blob(name)).append_block(
                 data, length=len(data), appendpos_condition=offset, validate_content=True
             )
+            if len(data) >= BACKLOG_CHUNK[0]:  # small ones time the round trip, not the link
+                rate = len(data) / max(time.monotonic() - started, 1e-3)
+                self.link_rate = 0.5 * self.link_rate + 0.5 * rate
         except ResourceNotFoundError as exc:
             if offset or error_code(exc) != "BlobNotFound":
                 raise
@@ -391,7 +408,9 @@ class Uploader:
         self.sent[name] = offset + len(data)
         self.intent = None
         self.last_append = time.time()
-        self._save_live_state()
+        # Saved with the next intent, or when idle: a crash before that resends this block,
+        # which the 412 then confirms (one durable write per append, not two).
+        self.unsaved = True
 
     def _close_segment(self, segment: Path, data: bytes) -> None:
         record = self.spool.read_record(segment)
