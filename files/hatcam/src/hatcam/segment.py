@@ -11,6 +11,11 @@ and a sequence number persisted in the spool: two segments never share a name.
 A segment's record (``SegmentRecord``): what it holds, written by the camera as
 the sidecar JSON and carried by the uploader as blob metadata, so fetch can plan
 a stitch without opening the file. Its PTS are on the MPEG-TS 90 kHz clock.
+
+That clock is 33 bits wide in the file: it wraps after 2**33 ticks, about 26.5
+hours of continuous recording. The device's record keeps counting past the wrap
+(its PTS only grow within a run); a file's own timestamps are read back modulo
+2**33 and unwrapped against a neighbour (``unwrap``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ log = logging.getLogger("hatcam.segment")
 CLOCK = 90_000  # MPEG-TS timestamps: ticks per second
 TIME_BASE = Fraction(1, CLOCK)
 DEFAULT_FRAME_TICKS = CLOCK // 30  # a lone frame's length when nothing says otherwise
+WRAP = 1 << 33  # MPEG-TS timestamps are 33 bits: they wrap after about 26.5 hours
 
 SEGMENT_RE = re.compile(
     r"^(?P<stamp>\d{8}T\d{6}\.\d{3}Z)-(?P<boot>[0-9a-f]{8})-(?P<seq>\d{6,})\.ts$"
@@ -90,6 +96,16 @@ def frame_ticks(fps: float) -> float:
 def duration(first_pts: int, last_pts: int, frame: float) -> float:
     """Seconds from the first frame's start to the last frame's end (``frame`` in ticks)."""
     return (last_pts - first_pts + frame) / CLOCK
+
+
+def unwrap(pts: int, near: int) -> int:
+    """The timestamp nearest ``near`` that reads as ``pts`` on the 33-bit clock.
+
+    FFmpeg's demuxer hands a file's timestamps back with its own guess at the wrap
+    (values near the wrap may come back negative, or past 2**33): only ``pts`` modulo
+    2**33 is the file's, and the neighbour ``near`` says which turn of the clock it is.
+    """
+    return near + (pts - near + WRAP // 2) % WRAP - WRAP // 2
 
 
 def to_ticks(time_base: Fraction):
@@ -157,9 +173,14 @@ class Contents:
         )
 
 
-def probe(path: Path, *, legacy: bool = False, torn_ok: bool = False) -> Contents:
+def probe(
+    path: Path, *, legacy: bool = False, torn_ok: bool = False, near: int | None = None
+) -> Contents:
     """Count the frames of a segment file and read its first and last PTS (90 kHz).
 
+    The PTS are unwrapped frame by frame, so ``last_pts - first_pts`` is the span even
+    across the 33-bit wrap. The first PTS is the one nearest ``near`` when given (a PTS
+    of the device's own count), else the file's own, from 0 to 2**33.
     Legacy raw ``.h264`` has no timestamps (PTS stay None). ``torn_ok``: a file cut
     short (a power loss, a crash) keeps the frames read before the damage instead of
     failing. Raises ValueError when the file holds no readable frame.
@@ -179,7 +200,11 @@ def probe(path: Path, *, legacy: bool = False, torn_ok: bool = False) -> Content
                     continue
                 frames += 1
                 if not legacy:
-                    last = ticks(packet.pts)
+                    pts = ticks(packet.pts)
+                    if last is not None:
+                        last = unwrap(pts, last)
+                    else:
+                        last = pts % WRAP if near is None else unwrap(pts, near)
                     first = last if first is None else first
     except av.error.FFmpegError as exc:
         if not torn_ok:

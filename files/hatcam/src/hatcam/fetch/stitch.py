@@ -1,7 +1,9 @@
 """Remux segments into one MP4 per continuous run, with PyAV, never re-encoding.
 
 Within one recording run the segments' PTS are the capture clock and
-continue from segment to segment, so they are kept as they are. A new run
+continue from segment to segment, so they are kept as they are, across the
+33-bit wrap too (after about 26.5 hours): a segment whose PTS read just after
+the previous one's on the 33-bit clock continues it. A new run
 (the daemon restarted: PTS start again near 0) is placed by the wall-clock
 start time of its first segment. A gap longer than ``max_gap`` (default: two
 segment lengths) ends the file and starts a new one; shorter gaps stay in the
@@ -21,9 +23,24 @@ from pathlib import Path
 
 import av
 
-from ..segment import CLOCK, TIME_BASE, Contents, duration, frame_ticks, probe, to_ticks
+from ..segment import (
+    CLOCK,
+    TIME_BASE,
+    WRAP,
+    Contents,
+    duration,
+    frame_ticks,
+    probe,
+    to_ticks,
+    unwrap,
+)
 
 LEGACY_SLOP = 1.0  # seconds: legacy names have whole seconds, so smaller gaps are noise
+# The longest gap read as the capture clock wrapping between two segments of one run
+# rather than as a restart (whose PTS start again near 0): a wrap is read only when the
+# segment starts at most this long after the previous one's last frame on the 33-bit
+# clock. A longer gap across the wrap is placed by the wall clock, as a restart is.
+WRAP_WINDOW = 600 * CLOCK
 
 
 @dataclass
@@ -95,7 +112,9 @@ class Segment:
 @dataclass
 class Placed:
     segment: Segment
-    shift: int  # added to the segment's PTS/DTS on the output timeline
+    # Added to the segment's PTS/DTS on the output timeline (whole turns of the 33-bit
+    # clock included, when the run went past its wrap).
+    shift: int
 
 
 @dataclass
@@ -154,14 +173,27 @@ def default_max_gap(segments: list[Segment]) -> float:
     return 2 * statistics.median(s.duration for s in segments) + 0.5
 
 
-def _same_run(prev: Segment, seg: Segment) -> bool:
-    return (
-        not seg.legacy
-        and seg.boot is not None
-        and seg.boot == prev.boot
-        and seg.first_pts > prev.last_pts
-        and (seg.seq is None or prev.seq is None or seg.seq > prev.seq)
-    )
+def _continued(prev: Segment, seg: Segment) -> int | None:
+    """Where ``seg`` starts after ``prev`` on the capture clock, in ticks after prev's
+    last PTS, when it continues prev's run; None when it starts a new run.
+
+    The device's records count past the 33-bit wrap, what is read from a file starts
+    again below 2**33: so PTS that went back may be the clock's wrap (read so when
+    ``seg`` starts within WRAP_WINDOW after it, modulo 2**33), and a record a whole turn
+    ahead of a file read is read the same way.
+    """
+    if (
+        seg.legacy
+        or seg.boot is None
+        or seg.boot != prev.boot
+        or (seg.seq is not None and prev.seq is not None and seg.seq <= prev.seq)
+    ):
+        return None
+    ahead = seg.first_pts - prev.last_pts
+    wrapped = ahead % WRAP
+    if 0 < wrapped <= WRAP_WINDOW:
+        return wrapped
+    return ahead if ahead > 0 else None
 
 
 def _missing(prev: Segment, seg: Segment) -> int:
@@ -181,9 +213,10 @@ def plan(segments: list[Segment], max_gap: float) -> tuple[list[Run], list[Gap]]
             continue
         prev = run.items[-1]
         prev_end = prev.segment.last_pts + prev.shift + prev.segment.ticks
-        if _same_run(prev.segment, seg):
-            shift = prev.shift  # the capture clock says where it goes
-            gap_ticks = seg.first_pts + shift - prev_end
+        ahead = _continued(prev.segment, seg)
+        if ahead is not None:  # the capture clock says where it goes
+            shift = prev.segment.last_pts + prev.shift + ahead - seg.first_pts
+            gap_ticks = ahead - prev.segment.ticks
         else:
             wall = (seg.start - prev.segment.end).total_seconds()
             if seg.legacy and wall < LEGACY_SLOP:
@@ -254,14 +287,15 @@ def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
     seg = placed.segment
     index, first, end = 0, None, 0
     ticks = to_ticks(stream.time_base)
+    near = seg.first_pts  # the file's PTS are 33-bit: unwrapped on the segment's count
     for packet in src.demux(stream):
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
             continue
         if seg.legacy:
             pts = dts = index * seg.ticks
         else:
-            pts = ticks(packet.pts)
-            dts = ticks(packet.dts) if packet.dts is not None else pts
+            pts = near = unwrap(ticks(packet.pts), near)
+            dts = unwrap(ticks(packet.dts), pts) if packet.dts is not None else pts
         index += 1
         packet.stream = target
         packet.time_base = TIME_BASE
@@ -290,7 +324,9 @@ def whole_frames(path: Path) -> Contents:
         try:
             for packet in container.demux(stream):
                 if packet.size and packet.pts is not None:
-                    pts.append(ticks(packet.pts))
+                    # As probe: on the 33-bit clock, unwrapped from the first frame's.
+                    read = ticks(packet.pts)
+                    pts.append(unwrap(read, pts[-1]) if pts else read % WRAP)
         except av.error.FFmpegError:
             pass  # as probe: keep what was read before the damage
     pts = pts[: contents.frames]
