@@ -289,7 +289,7 @@ def board_family(model: str) -> dict | None:
 
 
 def board_name(model: str) -> str:
-    """ "Raspberry Pi 4 Model B Rev 1.4" -> "Raspberry Pi 4 Model B" (the revision says nothing here)."""
+    """ "Raspberry Pi 4 Model B Rev 1.4" -> "Raspberry Pi 4 Model B": the revision is noise."""
     return re.sub(r"\s+Rev\s+\S+$", "", model)
 
 
