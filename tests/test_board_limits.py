@@ -252,6 +252,7 @@ def role_results():
     cases["overlay-real-syntax"] = {"pi_camera_overlay_params": OVERLAY_OK}
     for host, params in OVERLAY_JUNK.items():
         cases[host] = {"pi_camera_overlay_params": params}
+    cases["overlay-auto"] = {"pi_camera_sensor": "auto", "pi_camera_overlay_params": ["cam0"]}
     # No device tree on this machine and no model named: no limit beyond the ranges.
     cases["unknown-board"] = {"hatcam_pi_model": "", "hatcam_resolution": "2592x1944"}
     return run_validation(cases)
@@ -286,3 +287,9 @@ def test_overlay_junk_is_refused_with_one_line_naming_it(role_results, host):
     assert message.startswith(
         f"pi_camera_overlay_params: {json.dumps(OVERLAY_JUNK[host])} is not dtoverlay syntax"
     ), message
+
+
+def test_overlay_parameters_need_a_named_sensor(role_results):
+    assert role_results["overlay-auto"] == (
+        'pi_camera_overlay_params: ["cam0"] need a named pi_camera_sensor (not auto)'
+    )
