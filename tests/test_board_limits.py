@@ -293,3 +293,23 @@ def test_overlay_parameters_need_a_named_sensor(role_results):
     assert role_results["overlay-auto"] == (
         'pi_camera_overlay_params: ["cam0"] need a named pi_camera_sensor (not auto)'
     )
+
+
+def test_a_size_that_cannot_fit_the_camera_memory_is_refused_with_the_reason(monkeypatch):
+    # With 64 MB every size a Zero's encoder takes fits (YUV420, no raw stream of ours); a
+    # board with less camera memory shows the rule: three buffers must fit beside the rest.
+    zero = next(f for f in config.BOARDS["families"] if f["family"] == "zero")
+    monkeypatch.setitem(zero, "camera_memory_mb", 38)
+    with pytest.raises(config.ConfigError) as refused:
+        config.parse(
+            {
+                "HATCAM_CAMERA": "picamera2",
+                "HATCAM_PI_MODEL": ZERO_W,
+                "HATCAM_RESOLUTION": "1920x1080",
+            }
+        )
+    assert refused.value.lines == [
+        "HATCAM_RESOLUTION: 1920x1080 does not fit the Raspberry Pi Zero W's camera memory "
+        "(38 MB: 3 buffers of 3.0 MB beside the 31 MB the sensor and encoder take)"
+    ]
+    assert config.camera_buffers(ZERO_W, 1280, 720) == ("YUV420", 5), "720p: 5 of 1.3 MB fit in 7 MB"
