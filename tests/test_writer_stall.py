@@ -9,6 +9,8 @@ and its PTS, each segment decoded alone.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 
 import av
@@ -20,7 +22,7 @@ from hatcam.device.spool import Spool
 
 from tests.support.sdcard import SdCard
 
-pytestmark = pytest.mark.root("mounts a FUSE file system (the test SD card)")
+on_the_card = pytest.mark.root("mounts a FUSE file system (the test SD card)")
 
 W, H, FPS = 320, 240, 30
 FRAME_PTS = 90_000 // FPS
@@ -81,6 +83,7 @@ def holes(frames) -> list[tuple[int, int, int]]:
     return found
 
 
+@on_the_card
 @pytest.mark.parametrize("what", ["write", "sync"])
 def test_a_card_stalled_half_a_second_costs_no_frame(card, what):
     spool, camera, segmenter = record_through_a_stall(card, what, 0.5)
@@ -93,6 +96,7 @@ def test_a_card_stalled_half_a_second_costs_no_frame(card, what):
     assert camera.frames_dropped == 0 and segmenter.frames_dropped == 0
 
 
+@on_the_card
 def test_a_stall_longer_than_the_queue_drops_frames_counted_logged_and_seen_as_a_hole(card, caplog):
     caplog.set_level(logging.WARNING, logger="hatcam.segmenter")
     spool, camera, segmenter = record_through_a_stall(card, "sync", QUEUE_SECONDS + 3)
@@ -114,6 +118,7 @@ def test_a_stall_longer_than_the_queue_drops_frames_counted_logged_and_seen_as_a
     ]
 
 
+@on_the_card
 def test_the_old_inline_writer_loses_frames_in_the_cameras_buffer_pool_on_the_same_stall(card):
     """The baseline (the write on the encoder thread, as before the queue): six camera
     buffers hold 0.2 s at 30 fps, so a 0.5 s stall costs frames. This is what makes the
@@ -127,3 +132,42 @@ def test_the_old_inline_writer_loses_frames_in_the_cameras_buffer_pool_on_the_sa
     assert lost == camera.frames_dropped > 0, f"holes {found}, camera lost {camera.frames_dropped}"
     assert all(step == missing + 1 for missing, step, _ in found), "timestamps skip the lost"
     assert segmenter.frames_dropped == 0, "the segmenter wrote all it was given"
+
+
+class Frames:
+    """An output that only notes when each frame came."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        self.times.append(time.monotonic())
+
+
+def test_sigusr1_stalls_the_synthetic_camera_without_an_exception_as_picamera2_hangs():
+    camera = SyntheticCamera(W, H, FPS, 300_000, realtime=True)
+    output = Frames()
+    camera.start(output)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    stalled_at = time.monotonic()
+    time.sleep(2.0)
+    late = [t for t in output.times if t > stalled_at + 0.5]
+    assert len(output.times) >= 15 and not late, f"{len(late)} frames came after the stall"
+    assert camera.failed is None, "a hung camera raises nothing"
+    assert camera.frames_dropped >= FPS, "the sensor's frames find no free buffer"
+    camera.stop()
+
+
+def test_a_writer_that_fails_says_so_and_the_camera_goes_on(tmp_path, caplog):
+    def room():
+        raise RuntimeError("statvfs exploded")
+
+    segmenter = Segmenter(Spool(tmp_path / "spool").ensure(), "cam1", W, H, FPS, 1.0, room=room)
+    camera = SyntheticCamera(W, H, FPS, 300_000, realtime=False, frames=3 * FPS)
+    camera.start(segmenter)
+    assert camera.wait(60), "a dead writer never holds up the camera"
+    segmenter.close()
+    assert camera.failed is None
+    assert isinstance(segmenter.failed, RuntimeError)
+    assert "the segment writer failed: statvfs exploded" in caplog.text
