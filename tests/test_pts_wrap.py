@@ -33,7 +33,7 @@ from test_fetch_live import (
 )
 
 from hatcam.device.camera.synthetic import SyntheticCamera
-from hatcam.device.segmenter import Segmenter, recover
+from hatcam.device.segmenter import Segmenter, recover, salvage
 from hatcam.device.spool import Spool
 from hatcam.fetch import stitch
 from hatcam.segment import CLOCK, WRAP, SegmentRecord, probe
@@ -223,6 +223,25 @@ def test_a_segment_recovered_after_a_crash_near_the_wrap_is_stitched_in_its_plac
     assert duration == pytest.approx((frames + lost) / FPS, abs=1 / FPS)
     steps = sorted({round((b - a) * FPS, 3) for a, b in zip(times, times[1:], strict=False)})
     assert steps == ([1.0, lost + 1.0] if lost else [1.0]), f"frame steps in frames: {steps}"
+
+
+def test_a_segment_closed_early_past_the_wrap_keeps_the_device_count_in_its_record(
+    footage, tmp_path
+):
+    spool = Spool(tmp_path / "spool").ensure()
+    found = records(footage)
+    [(path, meta)] = [(p, m) for p, m in found if m["first_pts"] < WRAP < m["last_pts"]]
+    # The card refused a write past the wrap: the camera salvages what the file holds,
+    # knowing the segment's first PTS on its own count.
+    torn = spool.recording / path.name
+    torn.write_bytes(path.read_bytes()[: path.stat().st_size // 2 // TS * TS])
+
+    salvage(spool, "dev1", FPS, torn, "closed early", meta["first_pts"])
+
+    rec = json.loads((spool.ready / f"{path.stem}.json").read_text())
+    assert rec["recovered"] and rec["first_pts"] == meta["first_pts"]
+    assert meta["first_pts"] < rec["last_pts"] <= meta["last_pts"]
+    assert rec["last_pts"] - rec["first_pts"] == (rec["frames"] - 1) * FRAME
 
 
 def test_gaps_near_the_wrap_are_reported_and_a_restart_is_not_read_as_a_wrap(tmp_path):

@@ -4,8 +4,10 @@
 so the real encoder and the synthetic backend feed it the same way. It splits
 only at a keyframe once the segment length is reached, so every frame lands in
 exactly one segment. PTS are the capture timestamps, relative to the first
-frame of this run, so they continue across segment boundaries. MPEG-TS needs
-no index at the end: a segment cut short by a power loss still plays.
+frame of this run, so they continue across segment boundaries, and past the
+33-bit wrap (26.5 hours): the records keep counting, the muxer writes them
+modulo 2**33 as MPEG-TS must. MPEG-TS needs no index at the end: a segment cut
+short by a power loss still plays.
 
 ``outputframe`` runs on the camera's encoder thread, which must never wait for the
 card: picamera2 holds a few camera buffers (6 by default) and each one stays taken
@@ -367,7 +369,9 @@ class Segmenter:
         log.error("%s: %s; closing it early", segment.path.name, why)
         segment.abort()
         try:
-            salvage(self.spool, self.device, self.fps, segment.path, "closed early")
+            salvage(
+                self.spool, self.device, self.fps, segment.path, "closed early", segment.first_pts
+            )
         except OSError as exc:  # recover() at the next start picks it up
             log.error("%s stays in recording/ until the next start (%s)", segment.path.name, exc)
 
@@ -458,12 +462,15 @@ def synced_path(segment: Path) -> Path:
     return segment.with_suffix(".synced")
 
 
-def salvage(spool: Spool, device: str, fps: int, path: Path, why: str) -> Path | None:
+def salvage(
+    spool: Spool, device: str, fps: int, path: Path, why: str, first_pts: int | None = None
+) -> Path | None:
     """Queue a segment that was not closed properly with what it holds (or drop it if it
-    holds no complete frame)."""
+    holds no complete frame). ``first_pts``, the device's count at its first frame when
+    known, keeps its record on that count past the 33-bit wrap (else: the file's own)."""
     name = SegmentName.parse(path.name)
     try:
-        contents = probe(path, torn_ok=True) if name else None
+        contents = probe(path, torn_ok=True, near=first_pts) if name else None
     except ValueError:
         contents = None
     if contents is None:
