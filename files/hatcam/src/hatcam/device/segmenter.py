@@ -6,6 +6,11 @@ only at a keyframe once the segment length is reached, so every frame lands in
 exactly one segment. PTS are the capture timestamps, relative to the first
 frame of this run, so they continue across segment boundaries. MPEG-TS needs
 no index at the end: a segment cut short by a power loss still plays.
+
+``outputframe`` runs on the camera's encoder thread, which must never wait for the
+card: picamera2 holds a few camera buffers (6 by default) and each one stays taken
+until ``outputframe`` returns, so a card that stalls a write for 200 ms would make the
+camera lose frames. It only queues the frame; a writer thread does the rest.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +47,23 @@ from .spool import Spool
 log = logging.getLogger("hatcam.segmenter")
 
 FLUSH_EVERY = 1.0  # seconds: the most a power cut may take from the open segment
+# Seconds of frames the write queue holds before frames are dropped. Cards stall writes
+# for 100-200 ms routinely and for about a second at worst during wear levelling, and a
+# segment's close syncs three times: 2 s rides that out. It costs what 2 s of video
+# weighs (4 Mbit/s: about 1 MB), and a frame dropped is one the queue could not hold.
+QUEUE_SECONDS = 2.0
+DRAIN_SECONDS = 10.0  # the most close() waits for the writer before leaving it to recover()
+
+_paced = threading.local()
+
+
+def frames_may_wait() -> None:
+    """Called on a producer thread that no sensor paces (a replay, the synthetic
+    camera's fast mode): there a full queue makes ``outputframe`` wait for room
+    instead of dropping, since waiting loses nothing."""
+    _paced.waits = True
+
+
 _TIME_ERROR = 5  # adjtimex() state when the kernel clock is not NTP-synchronised
 
 
@@ -166,6 +190,17 @@ class Segmenter:
     ``room`` is asked before each segment (and once a second while writing)
     whether recording may go on; when it says no, the open segment is closed
     and frames are dropped until it says yes again, resuming at a keyframe.
+
+    Frames go through a queue that holds ``queue_seconds`` of video to a writer
+    thread (started with the first frame). When it is full the frame is dropped, and
+    so is every frame up to the next keyframe (a frame without its references does
+    not decode); the writer logs the count once it has caught up. The video shows a
+    hole of exactly that many frames. ``queue_seconds=0`` writes on the caller's
+    thread, as hatcam did before the queue: only the bench's baseline uses it.
+
+    ``on_frame`` is called on the caller's thread for every video frame (keep it
+    cheap, and it must not raise); ``last_frame_at`` is the monotonic time of the
+    latest one; ``failed`` is what ended the writer thread, if anything did.
     """
 
     def __init__(
@@ -178,6 +213,8 @@ class Segmenter:
         segment_seconds: float,
         room: Callable[[], bool] = lambda: True,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_frame: Callable[[], None] = lambda: None,
+        queue_seconds: float = QUEUE_SECONDS,
     ):
         self.spool = spool
         self.device = device
@@ -194,17 +231,84 @@ class Segmenter:
         self.paused = False
         self.card_failing = False  # a write or a new segment was refused by the card
         self.last_room_check = 0.0
-        self.frames_dropped = 0
+        self.dropped_writing = 0  # paused, or the card refused: counted by the writer
+        self.dropped_queue_full = 0  # counted by the caller
         self.segments_closed = 0
+        self.on_frame = on_frame
+        self.last_frame_at: float | None = None
+        self.last_written_at: float | None = None  # when the writer last took a frame
+        self.failed: BaseException | None = None
+        self.queue_seconds = queue_seconds
+        self.queue_frames = math.ceil(queue_seconds * fps)  # 0: write inline
+        self._queue: deque[tuple[bytes | None, bool, int, int]] = deque()
+        self._queued = threading.Condition()
+        self._dropping = 0  # frames dropped in the current episode (queue full)
+        self._writer: threading.Thread | None = None
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames the camera delivered that no segment holds."""
+        return self.dropped_writing + self.dropped_queue_full
 
     # picamera2's Output.outputframe signature (timestamp in microseconds).
     def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
         if audio:
             return
+        self.last_frame_at = time.monotonic()
+        self.on_frame()
         if timestamp is None:
             timestamp = time.monotonic_ns() // 1000
-        with self.lock:
-            self._frame(bytes(frame), bool(keyframe), int(timestamp))
+        if not self.queue_frames:  # the bench's baseline: the card's time is the camera's
+            with self.lock:
+                self._frame(bytes(frame), bool(keyframe), int(timestamp))
+            return
+        self._enqueue(bytes(frame), bool(keyframe), int(timestamp))
+
+    def _enqueue(self, data: bytes, keyframe: bool, timestamp: int) -> None:
+        with self._queued:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="segment-writer")
+                self._writer.daemon = True  # close() joins it; a hung card must not hang exit
+                self._writer.start()
+            if getattr(_paced, "waits", False):
+                while len(self._queue) >= self.queue_frames and self.failed is None:
+                    self._queued.wait()
+            full = len(self._queue) >= self.queue_frames
+            if full or (self._dropping and not keyframe):
+                self._dropping += 1
+                self.dropped_queue_full += 1
+                return
+            self._queue.append((data, keyframe, timestamp, self._dropping))
+            self._dropping = 0
+            self._queued.notify_all()
+
+    def _write_loop(self) -> None:
+        """The writer thread: everything that touches the card. It never dies silently."""
+        try:
+            while True:
+                with self._queued:
+                    while not self._queue:
+                        self._queued.wait()
+                    data, keyframe, timestamp, dropped_before = self._queue.popleft()
+                    self._queued.notify_all()  # room for a producer that waits
+                if dropped_before:
+                    log.warning(
+                        "the card was slower than the camera: %d frames dropped "
+                        "(write queue full, it holds %g s)",
+                        dropped_before,
+                        self.queue_seconds,
+                    )
+                self.last_written_at = time.monotonic()
+                with self.lock:
+                    if data is None:  # close(): the last segment is closed properly
+                        self._close()
+                        return
+                    self._frame(data, keyframe, timestamp)
+        except BaseException as exc:
+            log.exception("the segment writer failed: %s", exc)
+            with self._queued:
+                self.failed = exc
+                self._queued.notify_all()
 
     def _frame(self, data: bytes, keyframe: bool, timestamp: int) -> None:
         if self.run_start_us is None:
@@ -215,7 +319,7 @@ class Segmenter:
             self.last_room_check = now
             self._check_room()
         if self.paused:
-            self.frames_dropped += 1
+            self.dropped_writing += 1
             return
         if (
             self.current is not None
@@ -225,14 +329,14 @@ class Segmenter:
             self._close()
         if self.current is None:
             if not keyframe:  # a segment must start with a keyframe to play on its own
-                self.frames_dropped += 1
+                self.dropped_writing += 1
                 return
             try:
                 if self.card_failing:  # first queue what the failed writes left behind
                     recover(self.spool, self.device, self.fps)
                 self._open(timestamp)
             except OSError as exc:  # the card is full or failing: try the next keyframe
-                self.frames_dropped += 1
+                self.dropped_writing += 1
                 if not self.card_failing:
                     log.error("cannot start a segment (%s); trying at every keyframe", exc)
                 self.card_failing = True
@@ -253,7 +357,7 @@ class Segmenter:
         """The card refused a write (full, or failing). Keep what the segment holds and
         let the floor policy decide what next, rather than crash the camera."""
         segment, self.current = self.current, None
-        self.frames_dropped += 1
+        self.dropped_writing += 1
         self.card_failing = True
         self._give_up_on(segment, f"writing it failed: {exc}")
         self._check_room()
@@ -317,9 +421,30 @@ class Segmenter:
         )
 
     def close(self) -> None:
-        """Close the open segment properly (on SIGTERM or when the camera stops)."""
-        with self.lock:
-            self._close()
+        """Write what is queued and close the open segment properly (on SIGTERM or when
+        the camera stops). A writer stuck on the card for longer than DRAIN_SECONDS is
+        left behind: the open segment stays in recording/ for recover() at the next start."""
+        with self._queued:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                self._queue.append((None, False, 0, self._dropping))
+                self._dropping = 0
+                self._queued.notify_all()
+        if writer is None:
+            with self.lock:
+                self._close()
+            return
+        writer.join(DRAIN_SECONDS)
+        if writer.is_alive():
+            log.error(
+                "the card did not take the last frames in %g s: %d frames not written; "
+                "the open segment is recovered at the next start",
+                DRAIN_SECONDS,
+                len(self._queue) - 1,
+            )
+        elif self.failed is not None:
+            with self.lock, contextlib.suppress(Exception):
+                self._close()  # best effort: recover() at the next start otherwise
 
     @property
     def current_name(self) -> str | None:

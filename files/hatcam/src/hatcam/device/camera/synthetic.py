@@ -4,35 +4,67 @@ Used by the tests, the demo, benchmarks and the virtual Pi: everything after
 the backend is the same code as on a real hat cam. ``realtime`` paces frames
 at the frame rate with capture timestamps from the monotonic clock; otherwise
 frames come as fast as the encoder runs, with timestamps one interval apart.
+
+It fails the way picamera2 does. The sensor fills one of ``buffers`` camera
+buffers (picamera2's create_video_configuration: buffer_count=6) every frame
+interval; an encoder thread encodes it and calls ``outputframe``, and the buffer
+comes back only when that returns (on a Pi 0-4 the V4L2 encoder's one thread both
+calls the outputs and releases the camera's requests; on a Pi 5 the camera's own
+loop encodes and outputs). A sensor frame that finds no free buffer is lost, as
+libcamera loses it: counted in ``frames_dropped``, its timestamp skipped, so the
+video shows the hole. In fast mode the sensor waits for a buffer instead.
+``stall()`` (or SIGUSR1 to the daemon) hangs the encoder thread without an
+exception, as picamera2's lock-ups look (picamera2 #1090).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
+import queue
+import signal
 import threading
 import time
 from fractions import Fraction
 
 import av
 
+from ..segmenter import frames_may_wait
 from . import Still
 
+log = logging.getLogger("hatcam.camera")
+
 BAR = 32  # width of the moving bar, pixels
+BUFFERS = 6  # picamera2's create_video_configuration(buffer_count=6)
 
 
 class SyntheticCamera:
-    def __init__(self, width, height, fps, bitrate, realtime=True, frames=None):
+    info = {"backend": "synthetic", "encoder": "libx264 (software)"}
+
+    def __init__(self, width, height, fps, bitrate, realtime=True, frames=None, buffers=BUFFERS):
         self.width, self.height, self.fps = width, height, fps
         self.bitrate = bitrate
         self.realtime = realtime
         self.max_frames = frames
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the encoder thread (outputframe)
+        self._sensor: threading.Thread | None = None
         self._lock = threading.Lock()
         self._latest: int | None = None  # the newest frame's index, for stills
+        # The camera buffers, as tokens: a frame's picture is drawn from its index when it
+        # is encoded, so the pool behaves as picamera2's without costing its memory.
+        self.buffers = buffers
+        self._free = threading.Semaphore(buffers)
+        self._captured: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._stalled = threading.Event()
+        self._never = threading.Event()  # what a stalled thread waits for
         self.frames_sent = 0
+        self.frames_dropped = 0  # sensor frames that found no free buffer
         self.failed: BaseException | None = None
+        if threading.current_thread() is threading.main_thread():
+            # The watchdog's tests stall the daemon's camera from outside.
+            signal.signal(signal.SIGUSR1, lambda *_: self.stall())
         # Luma ramp, chroma flat: cheap to make, easy to see motion and seams in. Plain
         # bytes, not numpy: the pattern costs the daemon no extra library (and memory).
         self._ramp = bytes(16 + (235 - 16) * x // max(1, width - 1) for x in range(width))
@@ -101,18 +133,26 @@ class SyntheticCamera:
 
     def start(self, output) -> None:
         self._thread = threading.Thread(
-            target=self._run, args=(output,), name="synthetic", daemon=True
+            target=self._encode_loop, args=(output,), name="synthetic", daemon=True
+        )
+        self._sensor = threading.Thread(
+            target=self._sensor_loop, name="synthetic-sensor", daemon=True
         )
         self._thread.start()
+        self._sensor.start()
 
-    def _run(self, output) -> None:
+    def stall(self) -> None:
+        """The encoder thread hangs at its next frame, holding its buffer, and never
+        raises: frames stop, the sensor's frames are lost for want of buffers."""
+        log.warning("synthetic camera: stalling (as picamera2 #1090), frames stop")
+        self._stalled.set()
+
+    def _sensor_loop(self) -> None:
+        """A frame every interval into a free buffer; none free: the frame is lost."""
         try:
-            enc = self._encoder()
             start = time.monotonic_ns() // 1000
             interval = 1_000_000 / self.fps
             index = 0
-            luma = bytearray(self.width * self.height)
-            frame = None
             while not self._stop.is_set():
                 if self.max_frames is not None and index >= self.max_frames:
                     break
@@ -121,14 +161,41 @@ class SyntheticCamera:
                     delay = (due - time.monotonic_ns() // 1000) / 1e6
                     if delay > 0 and self._stop.wait(delay):
                         break
-                with self._lock:
-                    self._latest = index
+                    taken = self._free.acquire(blocking=False)
+                else:
+                    while not (taken := self._free.acquire(timeout=0.1)):
+                        if self._stop.is_set():
+                            break
+                if taken:
+                    with self._lock:
+                        self._latest = index
+                    self._captured.put((index, due))
+                elif not self._stop.is_set():
+                    self.frames_dropped += 1
+                index += 1
+        except BaseException as exc:  # surfaced to the daemon, which exits for systemd
+            self.failed = exc
+            raise
+        finally:
+            self._captured.put(None)
+
+    def _encode_loop(self, output) -> None:
+        if not self.realtime:
+            frames_may_wait()  # no sensor paces this thread: waiting loses nothing
+        try:
+            enc = self._encoder()
+            luma = bytearray(self.width * self.height)
+            frame = None
+            while (captured := self._captured.get()) is not None:
+                if self._stalled.is_set():
+                    self._never.wait()
+                index, due = captured
                 frame = self._frame(self._picture(index, luma), "yuv420p", frame)
                 frame.pts = due
                 for packet in enc.encode(frame):
                     output.outputframe(bytes(packet), packet.is_keyframe, packet.pts)
                     self.frames_sent += 1
-                index += 1
+                self._free.release()  # only now: outputframe has returned
             for packet in enc.encode(None):
                 output.outputframe(bytes(packet), packet.is_keyframe, packet.pts)
                 self.frames_sent += 1
@@ -143,6 +210,8 @@ class SyntheticCamera:
         return True
 
     def capture_still(self) -> Still:
+        if self._stalled.is_set():  # a hung camera serves no still either
+            self._never.wait()
         with self._lock:
             index = self._latest or 0
         picture = self._picture(index)  # the newest frame, drawn again
@@ -167,4 +236,7 @@ class SyntheticCamera:
 
     def stop(self) -> None:
         self._stop.set()
-        self.wait(5)
+        deadline = time.monotonic() + 5  # a stalled encoder thread never ends: 5 s at most
+        if self._sensor:
+            self._sensor.join(5)
+        self.wait(max(0.0, deadline - time.monotonic()))
