@@ -25,6 +25,8 @@ CHECK_EVERY = 0.5  # seconds between looks at the frames (the stall check)
 STILLS_STOP_SECONDS = 5.0
 CAMERA_STOP_SECONDS = 5.0
 CLOSE_SECONDS = 15.0
+# After a stall the camera is known to hang: waiting on it only delays the restart.
+STALLED_STOP_SECONDS = 2.0
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
@@ -121,7 +123,7 @@ class Recorder:
                 log.error("%s; exiting so systemd restarts it", why)
             # The watchdog stands down while the last segment is closed (TimeoutStopSec=).
             self.notifier.send("STOPPING=1", f"STATUS={why or 'stopping'}")
-            finished = self._shut_down()
+            finished = self._shut_down(STALLED_STOP_SECONDS if why else None)
             self._write_state("stopped" if why is None else "failed", why)
         if not finished:  # a thread left behind must not keep the process alive
             logging.shutdown()
@@ -151,12 +153,14 @@ class Recorder:
                 self._write_state("recording" if self.frames.ready.is_set() else "starting")
         return None
 
-    def _shut_down(self) -> bool:
+    def _shut_down(self, camera_seconds: float | None = None) -> bool:
         """Stills, camera, then the last segment, each bounded. False if one hung."""
         finished = True
         if self.stills:
-            finished &= bounded(self.stills.stop, STILLS_STOP_SECONDS, "stopping stills")
-        finished &= bounded(self.camera.stop, CAMERA_STOP_SECONDS, "stopping the camera")
+            seconds = camera_seconds or STILLS_STOP_SECONDS
+            finished &= bounded(self.stills.stop, seconds, "stopping stills")
+        seconds = camera_seconds or CAMERA_STOP_SECONDS
+        finished &= bounded(self.camera.stop, seconds, "stopping the camera")
         # The last segment is closed properly, never lost (the frames already queued to
         # the writer included).
         finished &= bounded(self.segmenter.close, CLOSE_SECONDS, "closing the last segment")

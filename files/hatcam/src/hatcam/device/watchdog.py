@@ -147,7 +147,10 @@ def _exit_reason(text: str) -> str | None:
     result, _, rest = text.strip().partition(" ")
     code, _, status = rest.partition(" ")
     if result == "watchdog":
-        return "killed by systemd's watchdog (no frame reached it)"
+        # The unit's WatchdogSec=, as systemd tells this run (the last one had the same).
+        limit = os.environ.get("WATCHDOG_USEC", "")
+        within = f" for {int(limit) / 1e6:g} s" if limit.isdigit() else ""
+        return f"killed by systemd's watchdog (no frame{within}: the daemon hung)"
     if result == "timeout":
         return "killed by systemd: no first frame before its start timeout"
     if result in ("signal", "core-dump"):
