@@ -113,6 +113,7 @@ class Recorder:
         )
         started = time.monotonic()
         self.camera.start(self.segmenter)
+        self._write_state("starting")  # with what the camera says of itself
         if self.stills:
             self.stills.start()
         why = None
@@ -136,9 +137,11 @@ class Recorder:
     def _watch(self, started: float) -> str | None:
         """Until stopped: the state file every few seconds, and the frames checked twice a
         second. Returns why recording stopped by itself, or None when asked to stop."""
-        next_state = 0.0
+        next_state, ready = 0.0, False
         while not self.stop_event.wait(CHECK_EVERY):
             now = time.monotonic()
+            if ready != self.frames.ready.is_set():  # "recording" as soon as it is
+                ready, next_state = True, 0.0
             why = stall(
                 started,
                 self.segmenter.last_frame_at,
@@ -150,7 +153,7 @@ class Recorder:
                 return why
             if now >= next_state:
                 next_state = now + STATE_EVERY
-                self._write_state("recording" if self.frames.ready.is_set() else "starting")
+                self._write_state("recording" if ready else "starting")
         return None
 
     def _shut_down(self, camera_seconds: float | None = None) -> bool:
