@@ -3,8 +3,9 @@
 
     python -m bench.run [--quick]          (from the repository root)
 
-Runs bench/device_bench.py, bench/fetch_bench.py and bench/recovery_bench.py (each
-starts its own Azurite / redis-server), then tabulates; --quick only prints. Ratios
+Runs bench/device_bench.py, bench/fetch_bench.py, bench/recovery_bench.py (each
+starts its own Azurite / redis-server) and bench/writer_stall.py (mounts the test SD
+card: root), then tabulates; --quick only prints. Ratios
 are the point: these machines are noisy, absolute times are not comparable between runs.
 """
 
@@ -95,6 +96,37 @@ def recovery_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
             f"< 80 MB: {verdict(live['uploader_peak_rss_mb'] < 80)}",
         ),
     ]
+
+
+def writer_stall_rows(w: dict) -> list[tuple[str, str, str, str, str]]:
+    """The writer thread beside the write on the encoder thread, one row per stall."""
+    found = []
+    for stall, modes in w["stalls"].items():
+        queued, inline = modes["queued"], modes["inline"]
+        goal = f"0: {verdict(queued['lost_median'] == 0)}" if float(stall) <= 0.5 else "-"
+        found.append(
+            (
+                f"frames lost under an injected {stall} s write stall on the card ({w['size']}, "
+                f"{w['camera_buffers']} camera buffers; median of {w['rounds']} rounds, who "
+                f"goes first alternating; per round {queued['lost']} / {inline['lost']})",
+                f"{queued['lost_median']:g} (writer thread, queue of {w['queue_seconds']:g} s)",
+                f"{inline['lost_median']:g} (written on the encoder thread)",
+                "-",
+                goal,
+            )
+        )
+    m = w["memory"]
+    found.append(
+        (
+            f"write queue memory at its bound ({w['size']}, {w['queue_seconds']:g} s of "
+            f"frames; RSS during a {m['stall_s']:g} s stall, {m['queue_dropped']} frames dropped)",
+            f"{m['bound_mb']:.2f} MB of frames (RSS +{m['rss_delta_mb']:.1f} MB)",
+            "-",
+            "-",
+            "-",
+        )
+    )
+    return found
 
 
 def rows(d: dict, f: dict) -> list[tuple[str, str, str, str, str]]:
@@ -210,6 +242,7 @@ def main() -> int:
     fetch_args = ["--segments", "36", "--rounds", "1"] if args.quick else []
     fetch = run_json("fetch_bench.py", *fetch_args, "--seconds", "10", "--size", "640x360")
     recovery = run_json("recovery_bench.py", *quick)
+    writer = run_json("writer_stall.py", *quick)
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     header = (
         f"# hatcam benchmarks\n\n"
@@ -226,13 +259,17 @@ def main() -> int:
     )
     table = ["| figure | hatcam | baseline | ratio | goal |", "|---|---|---|---|---|"]
     table += [
-        "| " + " | ".join(row) + " |" for row in rows(device, fetch) + recovery_rows(recovery)
+        "| " + " | ".join(row) + " |"
+        for row in rows(device, fetch) + recovery_rows(recovery) + writer_stall_rows(writer)
     ]
     text = (
         header
         + "\n".join(table)
         + "\n\n<details><summary>raw figures</summary>\n\n```json\n"
-        + json.dumps({"device": device, "fetch": fetch, "recovery": recovery}, indent=1)
+        + json.dumps(
+            {"device": device, "fetch": fetch, "recovery": recovery, "writer_stall": writer},
+            indent=1,
+        )
         + "\n```\n</details>\n"
     )
     if not args.quick:  # a smoke run's small counts are not figures to keep

@@ -129,7 +129,8 @@ class SdCard:
             _sync_dir(Path(folder))
 
     def stats(self) -> dict:
-        """How many writes and syncs the card has seen (of files, of directories)."""
+        """How many writes and syncs the card has seen (of files, of directories), and
+        how many of them a stall held up."""
         return self.request("stats")
 
     def stop(self) -> None:
@@ -212,6 +213,7 @@ def _make_operations(mfusepy, owner: tuple[int, int], mode: int, capacity: int):
             self.next_fh = 1
             self.stalls: dict[str, tuple[float, int | None]] = {}
             self.counts = {"writes": 0, "syncs": 0, "dir_syncs": 0, "power_cuts": 0}
+            self.counts |= {"stalled_writes": 0, "stalled_syncs": 0}  # operations held up
 
         # -- helpers (called with the lock held) --
 
@@ -268,6 +270,8 @@ def _make_operations(mfusepy, owner: tuple[int, int], mode: int, capacity: int):
                 seconds, left = self.stalls.get(what, (0.0, None))
                 if left is not None:
                     self.stalls[what] = (seconds, left - 1) if left > 1 else (0.0, None)
+                if seconds > 0:
+                    self.counts[f"stalled_{what}s"] += 1
             if seconds > 0:
                 time.sleep(seconds)  # outside the lock: other files are not held up
 

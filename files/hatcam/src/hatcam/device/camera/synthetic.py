@@ -138,8 +138,7 @@ class SyntheticCamera:
         self._sensor = threading.Thread(
             target=self._sensor_loop, name="synthetic-sensor", daemon=True
         )
-        self._thread.start()
-        self._sensor.start()
+        self._thread.start()  # it starts the sensor once its encoder is open, as picamera2
 
     def stall(self) -> None:
         """The encoder thread hangs at its next frame, holding its buffer, and never
@@ -184,6 +183,7 @@ class SyntheticCamera:
             frames_may_wait()  # no sensor paces this thread: waiting loses nothing
         try:
             enc = self._encoder()
+            self._sensor.start()
             luma = bytearray(self.width * self.height)
             frame = None
             while (captured := self._captured.get()) is not None:
@@ -237,6 +237,6 @@ class SyntheticCamera:
     def stop(self) -> None:
         self._stop.set()
         deadline = time.monotonic() + 5  # a stalled encoder thread never ends: 5 s at most
-        if self._sensor:
+        if self._sensor and self._sensor.is_alive():
             self._sensor.join(5)
         self.wait(max(0.0, deadline - time.monotonic()))
