@@ -31,6 +31,8 @@ DEVICE_SAS_PERMISSIONS = RULES["device_sas_permissions"]
 DEVICE_RE = re.compile(RULES["patterns"]["HATCAM_DEVICE"]["regex"])
 CONTAINER_RE = re.compile(RULES["patterns"]["HATCAM_BLOB_CONTAINER"]["regex"])
 RESOLUTION_RE = re.compile(RULES["resolution"]["regex"])
+BOARDS = RULES["boards"]
+MODEL_FILE = Path(BOARDS["model_file"])
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 # The original hat cam's names keep working beside the HATCAM_* ones.
@@ -107,7 +109,14 @@ class Settings(BlobSettings):
     camera_autofocus: bool
     synthetic_pace: str
     retry_max_seconds: float
+    # The board's model from the device tree ("" when unknown): its encoder's limits.
+    pi_model: str = ""
     redis_url: str | None = field(default=None, repr=False)
+
+    @property
+    def camera_buffers(self) -> tuple[str | None, int | None]:
+        """(main stream format, buffer count) for picamera2; None: picamera2's own defaults."""
+        return camera_buffers(self.pi_model, self.width, self.height)
 
     def require_redis(self) -> None:
         if self.stills and not self.redis_url:
@@ -263,6 +272,84 @@ def _resolution(p: _Parser) -> tuple[int, int]:
     return width, height
 
 
+def read_pi_model(values: dict[str, str], model_file: Path = MODEL_FILE) -> str:
+    """HATCAM_PI_MODEL if set, else the device tree's model ("" off a Pi)."""
+    given = (values.get("HATCAM_PI_MODEL") or "").strip()
+    if given:
+        return given
+    try:
+        return model_file.read_bytes().rstrip(b"\0").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def board_family(model: str) -> dict | None:
+    """The encoder limits for this model; None for a board hatcam does not know."""
+    return next((f for f in BOARDS["families"] if model and re.match(f["match"], model)), None)
+
+
+def board_name(model: str) -> str:
+    """ "Raspberry Pi 4 Model B Rev 1.4" -> "Raspberry Pi 4 Model B": the revision is noise."""
+    return re.sub(r"\s+Rev\s+\S+$", "", model)
+
+
+def _blocks(width: int, height: int) -> int:
+    """16x16 macroblocks a frame: the unit of H.264's level limits."""
+    return ((width + 15) // 16) * ((height + 15) // 16)
+
+
+def _buffer_mb(width: int, height: int) -> float:
+    """One YUV420 main-stream buffer: rows padded to 64 bytes, height to 16 lines."""
+    return ((width + 63) // 64 * 64) * ((height + 15) // 16 * 16) * 1.5 / 2**20
+
+
+def camera_buffers(model: str, width: int, height: int) -> tuple[str | None, int | None]:
+    """On a board with little camera memory, YUV420 and as many buffers as fit."""
+    family = board_family(model)
+    if not family or "camera_memory_mb" not in family:
+        return None, None
+    plan = BOARDS["camera_memory"]
+    room = family["camera_memory_mb"] - plan["reserved_mb"]
+    most, least = plan["buffers"]
+    count = max(least, min(most, int(room // _buffer_mb(width, height))))
+    return plan["format"], count
+
+
+def _check_board(p: _Parser, model: str, width: int, height: int, fps: int) -> None:
+    """What this board's encoder and camera memory can record (settings.json "boards")."""
+    family = board_family(model)
+    if family is None:
+        return
+    name, encoder = board_name(model), family["encoder"]
+    size = f"{width}x{height}"
+    if width > family["max_width"] or _blocks(width, height) > family["max_blocks"]:
+        p.fail(
+            "HATCAM_RESOLUTION",
+            f"{size} is more than the {name}'s {encoder} can record (at most "
+            f"{family['largest']}: {family['max_blocks']} 16x16 blocks a frame, "
+            f"{family['max_width']} pixels wide)",
+        )
+        return
+    most_fps = family["max_blocks_per_second"] // _blocks(width, height)
+    if fps > most_fps:
+        p.fail(
+            "HATCAM_FPS",
+            f"{fps} at {size} is more than the {name}'s {encoder} can record (at most "
+            f"{most_fps} fps at that size: 1080p30's {family['max_blocks_per_second']} "
+            f"16x16 blocks a second)",
+        )
+    if "camera_memory_mb" in family:
+        plan = BOARDS["camera_memory"]
+        least, buffer_mb = plan["buffers"][1], _buffer_mb(width, height)
+        if least * buffer_mb > family["camera_memory_mb"] - plan["reserved_mb"]:
+            p.fail(
+                "HATCAM_RESOLUTION",
+                f"{size} does not fit the {name}'s camera memory ({family['camera_memory_mb']} "
+                f"MB: {least} buffers of {buffer_mb:.1f} MB beside the {plan['reserved_mb']} MB "
+                f"the sensor and encoder take)",
+            )
+
+
 def _blob(p: _Parser) -> dict:
     """The blob settings, checked; keyword arguments for BlobSettings."""
     container = p.raw(
@@ -310,14 +397,19 @@ def parse(values: dict[str, str]) -> Settings:
     width, height = _resolution(p)
     redis_url = p.raw("REDIS_URL")
     _check_redis_url(p, redis_url)
+    camera = p.choice("HATCAM_CAMERA")
+    fps = p.number("HATCAM_FPS")
+    pi_model = read_pi_model(values) if camera == "picamera2" else ""
+    if not any(line.startswith(("HATCAM_RESOLUTION", "HATCAM_FPS")) for line in p.errors):
+        _check_board(p, pi_model, width, height, fps)
     settings = Settings(
         device=device,
         spool_dir=Path(p.raw("HATCAM_SPOOL_DIR", "/var/lib/hatcam/spool")),
-        camera=p.choice("HATCAM_CAMERA"),
+        camera=camera,
         segment_seconds=p.number("HATCAM_SEGMENT_SECONDS"),
         width=width,
         height=height,
-        fps=p.number("HATCAM_FPS"),
+        fps=fps,
         bitrate=p.number("HATCAM_BITRATE"),
         min_free_mb=p.number("HATCAM_MIN_FREE_MB"),
         disk_policy=p.choice("HATCAM_DISK_POLICY"),
@@ -329,6 +421,7 @@ def parse(values: dict[str, str]) -> Settings:
         camera_autofocus=p.flag("CAMERA_AUTOFOCUS", False),
         synthetic_pace=p.choice("HATCAM_SYNTHETIC_PACE"),
         retry_max_seconds=p.number("HATCAM_RETRY_MAX_SECONDS"),
+        pi_model=pi_model,
         redis_url=redis_url,
         **blob,
     )

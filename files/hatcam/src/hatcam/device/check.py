@@ -20,6 +20,8 @@ from ..blob import (
     sas_permissions,
     settings_allow_live,
 )
+from ..config import board_family, board_name
+from .camera import picamera2_version, stall_warning
 from .redislink import RedisLink, RedisReplyError, redis_location
 from .spool import Spool
 
@@ -75,6 +77,22 @@ def check_redis(settings) -> tuple[bool, str]:
         link.close()
 
 
+def check_camera(settings) -> tuple[bool | None, str]:
+    """picamera2's version, and whether it is one that can stall (None: a warning; the
+    upgrade is the operator's choice, so it does not fail the check)."""
+    if settings.camera != "picamera2":
+        return True, f"{settings.camera} camera (no picamera2 needed)"
+    family = board_family(settings.pi_model)
+    board = board_name(settings.pi_model) if family else "board not known (no limits applied)"
+    version = picamera2_version()
+    if not version:
+        return False, f"{board}: picamera2 is not installed (python3-picamera2 from Pi OS's apt)"
+    warning = None if family and family["family"] == "pi5" else stall_warning(version)
+    if warning:
+        return None, f"{board}: {warning}"
+    return True, f"{board}: picamera2 {version}"
+
+
 def check_spool(settings) -> tuple[bool, str]:
     spool = Spool(settings.spool_dir)
     if not spool.root.is_dir():
@@ -88,11 +106,13 @@ def check_spool(settings) -> tuple[bool, str]:
 def run_checks(settings) -> int:
     print(f"settings:      valid (device {settings.device}, camera {settings.camera})")
     results = [
+        ("camera", check_camera(settings)),
         ("spool", check_spool(settings)),
         ("blob storage", check_blob(settings)),
         ("live upload", check_live(settings)),
         ("redis", check_redis(settings)),
     ]
     for label, (ok, message) in results:
-        print(f"{label + ':':<14} {'ok  ' if ok else 'FAIL'} {message}")
-    return 0 if all(ok for _, (ok, _) in results) else 1
+        mark = "warn" if ok is None else "ok  " if ok else "FAIL"
+        print(f"{label + ':':<14} {mark} {message}")
+    return 0 if all(ok is not False for _, (ok, _) in results) else 1
