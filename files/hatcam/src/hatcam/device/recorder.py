@@ -23,8 +23,8 @@ CHECK_EVERY = 0.5  # seconds between looks at the frames (the stall check)
 # not keep the process from exiting, and the writer gets the longest to close the last
 # segment properly.
 STILLS_STOP_SECONDS = 5.0
-CAMERA_STOP_SECONDS = 5.0
-CLOSE_SECONDS = 15.0
+CAMERA_STOP_SECONDS = 11.0  # PiCamera.stop() gives up by itself after 10 s
+CLOSE_SECONDS = 12.0  # the writer gets 10 s to drain (segmenter.DRAIN_SECONDS)
 # After a stall the camera is known to hang: waiting on it only delays the restart.
 STALLED_STOP_SECONDS = 2.0
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -126,12 +126,13 @@ class Recorder:
             self.notifier.send("STOPPING=1", f"STATUS={why or 'stopping'}")
             finished = self._shut_down(STALLED_STOP_SECONDS if why else None)
             self._write_state("stopped" if why is None else "failed", why)
-        if not finished:  # a thread left behind must not keep the process alive
+        if why is None:
+            log.info("stopped after %d segment(s)", self.segmenter.segments_closed)
+        if why or not finished:
+            # A camera thread left behind (picamera2's among them) must not keep the
+            # process from exiting: what matters is written, the last segment closed.
             logging.shutdown()
             os._exit(1 if why else 0)
-        if why:
-            return 1
-        log.info("stopped after %d segment(s)", self.segmenter.segments_closed)
         return 0
 
     def _watch(self, started: float) -> str | None:

@@ -122,10 +122,11 @@ def encoder_line(info: dict) -> str | None:
     """What records: backend, encoder, picamera2's version (from the camera's ``info``)."""
     if not info:
         return None
-    parts = [info.get("encoder") or "unknown encoder", f"{info.get('backend', '?')} camera"]
-    if info.get("picamera2"):
-        parts.append(f"picamera2 {info['picamera2']}")
-    return ", ".join(parts)
+    backend = info.get("backend", "?")
+    by = f"{backend} camera"
+    if backend == "picamera2":
+        by = f"picamera2 {info.get('picamera2', '?')}"
+    return f"{info.get('encoder') or 'unknown encoder'}, {by}"
 
 
 def render(info: dict) -> str:
