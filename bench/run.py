@@ -121,7 +121,8 @@ def writer_stall_rows(w: dict) -> list[tuple[str, str, str, str, str]]:
             f"write queue memory at its bound ({w['size']}, {w['queue_seconds']:g} s of "
             f"frames; RSS during a {m['stall_s']:g} s stall, {m['queue_dropped']} frames dropped)",
             f"{m['bound_mb']:.2f} MB of frames (RSS +{m['rss_delta_mb']:.1f} MB)",
-            "-",
+            f"RSS +{m['inline_rss_delta_mb']:.1f} MB (written on the encoder thread, "
+            f"{m['inline_camera_dropped']} frames lost)",
             "-",
             "-",
         )

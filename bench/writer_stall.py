@@ -13,8 +13,9 @@ the same segmenter with ``queue_seconds=0``: the write on the camera's encoder t
 hatcam did before the queue. The two take turns, who goes first alternating by round.
 
 The queue's memory at 720p30: the most bytes any QUEUE_SECONDS of the recorded stream
-weigh (what a full queue holds), and this process's RSS peak during a stall longer than
-the queue, minus its median just before the stall.
+weigh (what a full queue holds), and the RSS peak during a stall longer than the queue
+minus the median just before it, in a fresh process (a used heap hides growth), the
+inline writer beside it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -120,12 +122,37 @@ def one_run(card: SdCard, name: str, queue_seconds: float, stall_s: float, rss=N
     return figures
 
 
+def memory_run(mode: str) -> dict:
+    """One run in a fresh process, on the card the parent mounted."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.writer_stall", "--memory-run", mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"the memory run ({mode}) failed: status {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round, for a smoke run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory-run", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_run:  # the child of memory_run(): the card is mounted already
+        card = SdCard(WORK / "card", WORK / "card-process")
+        rss = RssSampler()
+        try:
+            stall_s = QUEUE_SECONDS + 3.0
+            found = one_run(card, f"memory-{args.memory_run}", MODES[args.memory_run], stall_s, rss)
+        finally:
+            rss.close()
+        print(json.dumps(found))
+        return 0
     rounds = 1 if args.quick else args.rounds
     if os.geteuid() != 0:
         sys.exit("bench.writer_stall: mounting the test SD card (FUSE) needs root")
@@ -143,11 +170,7 @@ def main() -> int:
                     figures = one_run(card, f"{mode}-{stall_s:g}-{r}", MODES[mode], stall_s)
                     runs[f"{stall_s:g}"][mode].append(figures)
                     print(f"round {r + 1}, {stall_s:g} s stall, {mode}: {figures}", file=sys.stderr)
-        rss = RssSampler()
-        try:
-            memory = one_run(card, "memory", QUEUE_SECONDS, QUEUE_SECONDS + 3.0, rss)
-        finally:
-            rss.close()
+        memory = {mode: memory_run(mode) for mode in MODES}
     finally:
         card.stop()
         if not os.environ.get("BENCH_KEEP"):
@@ -173,9 +196,11 @@ def main() -> int:
         "stalls": stalls,
         "memory": {
             "stall_s": QUEUE_SECONDS + 3.0,
-            "queue_dropped": memory["queue_dropped"],
-            "bound_mb": memory["bound_bytes"] / 2**20,
-            "rss_delta_mb": memory["rss_delta_mb"],
+            "queue_dropped": memory["queued"]["queue_dropped"],
+            "bound_mb": memory["queued"]["bound_bytes"] / 2**20,
+            "rss_delta_mb": memory["queued"]["rss_delta_mb"],
+            "inline_rss_delta_mb": memory["inline"]["rss_delta_mb"],
+            "inline_camera_dropped": memory["inline"]["camera_dropped"],
         },
     }
     print(json.dumps(figures, indent=None if args.json else 1))

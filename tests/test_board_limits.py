@@ -162,7 +162,7 @@ def test_a_zero_records_yuv420_with_as_many_buffers_as_fit_its_camera_memory():
 # --- the role's pre-flight, the same rules --------------------------------------------
 
 
-def run_validation(cases: dict[str, dict]) -> dict[str, str | None]:
+def run_validation(cases: dict[str, dict], *extra: str) -> dict[str, str | None]:
     """Run both roles' validate tasks for each case (an inventory host on this machine);
     the failure message per host, None where it passed."""
     work = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -191,7 +191,7 @@ def run_validation(cases: dict[str, dict]) -> dict[str, str | None]:
     play_path.write_text(yaml.safe_dump(play))
     try:
         result = subprocess.run(
-            ["ansible-playbook", "-i", str(inv_path), str(play_path)],
+            ["ansible-playbook", "-i", str(inv_path), str(play_path), *extra],
             cwd=ROOT,
             env={
                 **os.environ,
@@ -293,3 +293,49 @@ def test_overlay_parameters_need_a_named_sensor(role_results):
     assert role_results["overlay-auto"] == (
         'pi_camera_overlay_params: ["cam0"] need a named pi_camera_sensor (not auto)'
     )
+
+
+def test_a_size_that_cannot_fit_the_camera_memory_is_refused_with_the_reason(monkeypatch):
+    # With 64 MB every size a Zero's encoder takes fits (YUV420, no raw stream of ours); a
+    # board with less camera memory shows the rule: three buffers must fit beside the rest.
+    zero = next(f for f in config.BOARDS["families"] if f["family"] == "zero")
+    monkeypatch.setitem(zero, "camera_memory_mb", 38)
+    with pytest.raises(config.ConfigError) as refused:
+        config.parse(
+            {
+                "HATCAM_CAMERA": "picamera2",
+                "HATCAM_PI_MODEL": ZERO_W,
+                "HATCAM_RESOLUTION": "1920x1080",
+            }
+        )
+    assert refused.value.lines == [
+        "HATCAM_RESOLUTION: 1920x1080 does not fit the Raspberry Pi Zero W's camera memory "
+        "(38 MB: 3 buffers of 3.0 MB beside the 31 MB the sensor and encoder take)"
+    ]
+    assert config.camera_buffers(ZERO_W, 1280, 720) == ("YUV420", 5), (
+        "720p: 5 of 1.3 MB fit in 7 MB"
+    )
+
+
+def test_the_playbook_reads_the_board_from_the_targets_device_tree(tmp_path):
+    """The pre-flight reads the model on the target (here: a file standing in for
+    /proc/device-tree/model, NUL-terminated as the kernel writes it); hatcam_pi_model wins."""
+    model_file = tmp_path / "model"
+    model_file.write_bytes(PI4.encode() + b"\0")
+    rules = json.loads((ROOT / "files/hatcam/src/hatcam/settings.json").read_text())
+    rules["boards"]["model_file"] = str(model_file)
+    extra = tmp_path / "rules.json"
+    extra.write_text(json.dumps({"hatcam_rules": rules}))
+    results = run_validation(
+        {
+            "read": {"hatcam_pi_model": "", "hatcam_resolution": "2592x1944"},
+            "named": {"hatcam_pi_model": PI5, "hatcam_resolution": "2304x1296", "hatcam_fps": 20},
+        },
+        "-e",
+        f"@{extra}",
+    )
+    assert results["read"] == (
+        "hatcam_resolution: 2592x1944 is more than the Raspberry Pi 4 Model B's hardware H.264 "
+        "encoder can record (at most 1920x1080: 8192 16x16 blocks a frame, 2032 pixels wide)"
+    )
+    assert results["named"] is None

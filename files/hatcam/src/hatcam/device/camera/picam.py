@@ -101,6 +101,13 @@ class PiCamera:
         self.encoder = make_encoder(H264Encoder, bitrate, fps)
         self.autofocus = autofocus
         self.info = backend_info(pi_model, picamera2_version(), self.encoder)
+        log.info(
+            "picamera2 %s, %s on %s%s",
+            self.info["picamera2"],
+            self.info["encoder"],
+            pi_model or "a board not known",
+            f", {buffer_count} {main_format} buffers" if buffer_count else "",
+        )
         if "warning" in self.info:
             log.warning("%s", self.info["warning"])
         self._output: _SegmenterOutput | None = None
