@@ -167,6 +167,11 @@ class Lab:
         text = self.sh(f"cat {SPOOL}/state/{daemon}.json 2>/dev/null || echo null")
         return json.loads(text) or {}
 
+    def hatcam_status(self) -> tuple[dict, str]:
+        """`hatcam status --json` and `hatcam status` on the device (what its user reads)."""
+        hatcam = f"/opt/hatcam/venv/bin/hatcam --env-file {ENV_FILE} status"
+        return json.loads(self.sh(f"{hatcam} --json")), self.sh(hatcam)
+
     def journal(self, since: float, units=UNITS) -> list[tuple[float, str]]:
         """(time, message) of the units' journal lines since ``since`` (unix time)."""
         args = " ".join(f"-u {u}" for u in units)

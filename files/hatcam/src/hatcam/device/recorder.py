@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
+import os
 import threading
+import time
 
 from .camera import open_camera
 from .segmenter import Segmenter, recover
 from .spool import DiskGuard, Spool
 from .status import StateFile
+from .watchdog import FrameWatch, Notifier, Restarts, bounded, stall
 
 log = logging.getLogger("hatcam.camera")
 
 STATE_EVERY = 2.0  # seconds between state file updates
+CHECK_EVERY = 0.5  # seconds between looks at the frames (the stall check)
+# Shutdown, each step bounded (the unit's TimeoutStopSec= is 30 s): a hung camera must
+# not keep the process from exiting, and the writer gets the longest to close the last
+# segment properly.
+STILLS_STOP_SECONDS = 5.0
+CAMERA_STOP_SECONDS = 11.0  # PiCamera.stop() gives up by itself after 10 s
+CLOSE_SECONDS = 12.0  # the writer gets 10 s to drain (segmenter.DRAIN_SECONDS)
+# After a stall the camera is known to hang: waiting on it only delays the restart.
+STALLED_STOP_SECONDS = 2.0
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
@@ -38,6 +51,9 @@ class Recorder:
         self.spool = Spool(settings.spool_dir)
         self.stop_event = threading.Event()
         self.state_file = StateFile(self.spool.state / "camera.json")
+        self.restarts = Restarts(self.spool.state)
+        self.notifier = Notifier()
+        self.frames = FrameWatch(self.notifier)
         segment_mb = settings.bitrate * settings.segment_seconds / 8 / 1e6
         self.guard = DiskGuard(
             self.spool, settings.min_free_mb, settings.disk_policy, margin_mb=2 * segment_mb
@@ -50,6 +66,7 @@ class Recorder:
             settings.fps,
             settings.segment_seconds,
             room=self.guard.room,
+            on_frame=self.frames,
         )
         self.camera = None
         self.stills = None
@@ -57,7 +74,19 @@ class Recorder:
     def run(self) -> int:
         s = self.settings
         return_large_buffers_when_freed()  # before any thread starts
-        self.camera = open_camera(s)
+        # systemd's watchdog kills a hung process with SIGABRT: say where each thread was.
+        faulthandler.enable()
+        # Before the camera opens (on a spool that exists): a camera that does not open,
+        # or hangs opening, is a failed run too.
+        event = self.restarts.note_start(self.state_file.read())
+        if event:
+            log.warning("started again after: %s", event["after"])
+        self._write_state("starting")
+        try:
+            self.camera = open_camera(s)
+        except BaseException as exc:
+            self._write_state("failed", f"the camera did not open: {exc}")
+            raise
         self.spool.ensure()
         recover(self.spool, s.device, s.fps)  # what a crash or power cut left behind
         if s.stills:
@@ -82,39 +111,79 @@ class Recorder:
             s.camera,
             f"every {s.image_capture_frequency:g} s" if s.stills else "off",
         )
+        started = time.monotonic()
         self.camera.start(self.segmenter)
+        self._write_state("starting")  # with what the camera says of itself
         if self.stills:
             self.stills.start()
-        failed = None
+        why = None
         try:
-            while not self.stop_event.wait(STATE_EVERY):
-                self._write_state("recording")
-                failed = self.camera.failed
-                if failed is not None:
-                    break
+            why = self._watch(started)
         finally:
-            if self.stills:
-                self.stills.stop()
-            self.camera.stop()
-            self.segmenter.close()  # the last segment is closed properly, never lost
-            self._write_state("stopped" if failed is None else "failed")
-        if failed is not None:
-            log.error("camera failed: %s", failed)
-            return 1
-        log.info("stopped after %d segment(s)", self.segmenter.segments_closed)
+            if why:
+                log.error("%s; exiting so systemd restarts it", why)
+            # The watchdog stands down while the last segment is closed (TimeoutStopSec=).
+            self.notifier.send("STOPPING=1", f"STATUS={why or 'stopping'}")
+            finished = self._shut_down(STALLED_STOP_SECONDS if why else None)
+            self._write_state("stopped" if why is None else "failed", why)
+        if why is None:
+            log.info("stopped after %d segment(s)", self.segmenter.segments_closed)
+        if why or not finished:
+            # A camera thread left behind (picamera2's among them) must not keep the
+            # process from exiting: what matters is written, the last segment closed.
+            logging.shutdown()
+            os._exit(1 if why else 0)
         return 0
 
-    def _write_state(self, running: str) -> None:
-        state = "paused (disk floor reached)" if self.segmenter.paused else running
-        self.state_file.write(
-            {
-                "state": state,
-                "current_segment": self.segmenter.current_name,
-                "segments_closed": self.segmenter.segments_closed,
-                "frames_dropped": self.segmenter.frames_dropped,
-                "stills": self.stills.state() if self.stills else None,
-            }
-        )
+    def _watch(self, started: float) -> str | None:
+        """Until stopped: the state file every few seconds, and the frames checked twice a
+        second. Returns why recording stopped by itself, or None when asked to stop."""
+        next_state, ready = 0.0, False
+        while not self.stop_event.wait(CHECK_EVERY):
+            now = time.monotonic()
+            if ready != self.frames.ready.is_set():  # "recording" as soon as it is
+                ready, next_state = True, 0.0
+            why = stall(
+                started,
+                self.segmenter.last_frame_at,
+                self.segmenter.failed,
+                self.camera.failed,
+                now,
+            )
+            if why:
+                return why
+            if now >= next_state:
+                next_state = now + STATE_EVERY
+                self._write_state("recording" if ready else "starting")
+        return None
+
+    def _shut_down(self, camera_seconds: float | None = None) -> bool:
+        """Stills, camera, then the last segment, each bounded. False if one hung."""
+        finished = True
+        if self.stills:
+            seconds = camera_seconds or STILLS_STOP_SECONDS
+            finished &= bounded(self.stills.stop, seconds, "stopping stills")
+        seconds = camera_seconds or CAMERA_STOP_SECONDS
+        finished &= bounded(self.camera.stop, seconds, "stopping the camera")
+        # The last segment is closed properly, never lost (the frames already queued to
+        # the writer included).
+        finished &= bounded(self.segmenter.close, CLOSE_SECONDS, "closing the last segment")
+        self.notifier.close()
+        return finished
+
+    def _write_state(self, running: str, reason: str | None = None) -> None:
+        paused = running == "recording" and self.segmenter.paused
+        state = {
+            "state": "paused (disk floor reached)" if paused else running,
+            "current_segment": self.segmenter.current_name,
+            "segments_closed": self.segmenter.segments_closed,
+            "frames_dropped": self.segmenter.frames_dropped,
+            "stills": self.stills.state() if self.stills else None,
+            "camera": dict(getattr(self.camera, "info", None) or {}),
+        }
+        if reason:
+            state["reason"] = reason
+        self.state_file.write(state)
 
     def stop(self, *_args) -> None:
         self.stop_event.set()

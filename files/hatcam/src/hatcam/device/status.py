@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..files import write_atomic
 from ..segment import SegmentName, iso, parse_iso
+from .watchdog import read_restarts
 
 
 class StateFile:
@@ -91,17 +92,54 @@ def report(spool) -> dict:
         "oldest_queued": oldest,
         "free_disk_mb": round(spool.free_mb(), 1),
         "camera": StateFile(spool.state / "camera.json").read(),
+        "camera_restarts": read_restarts(spool.state),
         "uploader": uploader,
     }
+
+
+def camera_line(camera: dict, restarts: dict) -> str:
+    """``recording (restarted 2 times, last at 14:32:10 after: camera stalled, ...)``"""
+    if not camera:
+        return "no state file (daemon never ran?)"
+    line = camera.get("state", "unknown")
+    if camera.get("reason"):
+        line += f" ({camera['reason']})"
+    count, events = restarts.get("count", 0), restarts.get("events") or []
+    if count and events:
+        last = events[-1]
+        try:
+            at = parse_iso(last["at"]).astimezone().strftime("%H:%M:%S")
+        except (KeyError, ValueError):
+            at = "?"
+        line += (
+            f" (restarted {count} time{'s' if count != 1 else ''}, last at {at},"
+            f" {age(last.get('at'))}, after: {last.get('after', 'unknown')})"
+        )
+    return line + f", updated {age(camera.get('updated'))}"
+
+
+def encoder_line(info: dict) -> str | None:
+    """What records: backend, encoder, picamera2's version (from the camera's ``info``)."""
+    if not info:
+        return None
+    backend = info.get("backend", "?")
+    by = f"{backend} camera"
+    if backend == "picamera2":
+        by = f"picamera2 {info.get('picamera2', '?')}"
+    return f"{info.get('encoder') or 'unknown encoder'}, {by}"
 
 
 def render(info: dict) -> str:
     camera = info["camera"] or {}
     uploader = info["uploader"] or {}
     stills = camera.get("stills") or {}
-    lines = [
-        f"camera:        {camera.get('state', 'no state file (daemon never ran?)')}"
-        + (f", updated {age(camera.get('updated'))}" if camera else ""),
+    lines = [f"camera:        {camera_line(camera, info.get('camera_restarts') or {})}"]
+    camera_info = camera.get("camera") or {}
+    if encoder_line(camera_info):
+        lines.append(f"encoder:       {encoder_line(camera_info)}")
+    if camera_info.get("warning"):
+        lines.append(f"WARNING:       {camera_info['warning']}")
+    lines += [
         f"queue:         {info['queue_segments']} segment(s), {info['queue_mb']} MB,"
         f" oldest {age(info['oldest_queued'])}",
         f"footage at risk: {info['footage_at_risk_s']:.0f} s (captured, not yet in the cloud)",
