@@ -1,7 +1,7 @@
 """The camera never stops silently: a stalled camera ends the daemon with one line (so
 systemd restarts it), systemd hears from it only while frames flow, and `hatcam status`
 shows the restarts. systemd itself is played by a real unix datagram socket the test
-binds as $NOTIFY_SOCKET; the unit's real watchdog runs in tests/faults/test_11."""
+binds as $NOTIFY_SOCKET; the unit's real watchdog runs in tests/faults/test_10_camera_stall.py."""
 
 from __future__ import annotations
 

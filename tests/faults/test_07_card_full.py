@@ -112,6 +112,8 @@ def test_pause_pauses_and_resumes_by_itself(pi, lab, small_card):
         f"{final['frames_dropped']} dropped"
     )
     assert final["frames_dropped"] >= not_recorded[0] > 0, (final, not_recorded)
+    _, shown = lab.hatcam_status()  # what the wearer reads
+    assert f"frames lost:   {final['frames_dropped']} this run" in shown, shown
     assert free_paused < FLOOR_MB + 0.6
     lab.note("card full: pause", hole_frames=round(hole), hole_s=round(hole / lab.fps, 1))
 

@@ -139,6 +139,12 @@ def render(info: dict) -> str:
         lines.append(f"encoder:       {encoder_line(camera_info)}")
     if camera_info.get("warning"):
         lines.append(f"WARNING:       {camera_info['warning']}")
+    dropped, lost = camera.get("frames_dropped", 0), camera.get("camera_frames_dropped", 0)
+    if dropped or lost:
+        lines.append(
+            f"frames lost:   {dropped + lost} this run ({dropped} not written: disk floor,"
+            f" card refusing or too slow; {lost} dropped by the camera)"
+        )
     lines += [
         f"queue:         {info['queue_segments']} segment(s), {info['queue_mb']} MB,"
         f" oldest {age(info['oldest_queued'])}",

@@ -1,4 +1,4 @@
-"""11. Camera stall: the camera stops delivering frames and nothing says so; the hat cam
+"""10. Camera stall: the camera stops delivering frames and nothing says so; the hat cam
 must be recording again within 30 s, with one journal line saying why, and
 `hatcam status` must show the restart.
 
