@@ -149,6 +149,21 @@ def test_sigkill_and_power_cut_mid_segment_recover_a_playable_partial_segment(ca
 
 
 @pytest.mark.root("mounts a FUSE file system (the test SD card)")
+def test_a_segment_the_cloud_confirmed_stays_gone_after_a_power_cut(card):
+    """Removed after upload: a power cut must not bring it back (it would be sent again,
+    and a live one would look appended to by someone else)."""
+    spool = record(card.path, 30 * 2 + 7, segment_seconds=1.0)
+    uploaded, *kept = spool.ready_segments()
+    spool.remove(uploaded)
+
+    card.power_cut()
+
+    names = sorted(p.name for p in spool.ready.iterdir())
+    assert uploaded.name not in names and uploaded.with_suffix(".json").name not in names
+    assert [p.name for p in spool.ready_segments()] == [p.name for p in kept]
+
+
+@pytest.mark.root("mounts a FUSE file system (the test SD card)")
 def test_segments_committed_to_ready_survive_a_power_cut_whole(card):
     spool = record(card.path, 30 * 3 + 7, segment_seconds=1.0)
     on_card = {p.name: p.read_bytes() for p in spool.ready.iterdir()}

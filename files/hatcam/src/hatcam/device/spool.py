@@ -99,9 +99,12 @@ class Spool:
         return kept / segment.name
 
     def remove(self, segment: Path) -> None:
-        """Forget a segment (after upload or when dropped); the .ts goes first."""
+        """Forget a segment (after upload or when dropped); the .ts goes first. Synced:
+        after a power cut, an uploaded segment that came back would be sent again and
+        found already there, and a live one would look appended to by someone else."""
         segment.unlink(missing_ok=True)
         self.metadata_path(segment).unlink(missing_ok=True)
+        fsync_dir(segment.parent)
 
     def remove_orphans(self) -> None:
         """Metadata whose segment is gone (a crash between the two unlinks)."""

@@ -238,6 +238,8 @@ class Uploader:
 
     def _save_live_state(self) -> None:
         """Durable: a crash after this line resends exactly this intent."""
+        # Segments the disk policy dropped from the card meanwhile are forgotten.
+        self.sent = {k: v for k, v in self.sent.items() if self._file_of(k) is not None}
         data = {"intent": self.intent, "sent": self.sent}
         write_atomic(self.live_state, json.dumps(data).encode())
         self.unsaved = False
