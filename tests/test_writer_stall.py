@@ -132,6 +132,7 @@ def test_the_old_inline_writer_loses_frames_in_the_cameras_buffer_pool_on_the_sa
     assert lost == camera.frames_dropped > 0, f"holes {found}, camera lost {camera.frames_dropped}"
     assert all(step == missing + 1 for missing, step, _ in found), "timestamps skip the lost"
     assert segmenter.frames_dropped == 0, "the segmenter wrote all it was given"
+    assert segmenter.camera_skipped == lost, "the gaps in the camera's timestamps are counted"
 
 
 class Frames:

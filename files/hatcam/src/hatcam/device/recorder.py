@@ -178,10 +178,9 @@ class Recorder:
             "current_segment": self.segmenter.current_name,
             "segments_closed": self.segmenter.segments_closed,
             "frames_dropped": self.segmenter.frames_dropped,
-            # Sensor frames the camera itself lost (no free buffer), where it can tell.
-            "camera_frames_dropped": getattr(self.camera, "frames_dropped", 0),
+            "camera_frames_dropped": self.segmenter.camera_skipped,
             "stills": self.stills.state() if self.stills else None,
-            "camera": dict(getattr(self.camera, "info", None) or {}),
+            "camera": dict(self.camera.info) if self.camera else {},
         }
         if reason:
             state["reason"] = reason

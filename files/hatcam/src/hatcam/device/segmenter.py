@@ -236,6 +236,8 @@ class Segmenter:
         self.last_room_check = 0.0
         self.dropped_writing = 0  # paused, or the card refused: counted by the writer
         self.dropped_queue_full = 0  # counted by the caller
+        self.camera_skipped = 0  # lost by the camera: gaps in its timestamps
+        self._last_timestamp: int | None = None
         self.segments_closed = 0
         self.on_frame = on_frame
         self.last_frame_at: float | None = None
@@ -261,11 +263,22 @@ class Segmenter:
         self.on_frame()
         if timestamp is None:
             timestamp = time.monotonic_ns() // 1000
+        self._count_skipped(int(timestamp))
         if not self.queue_frames:  # the bench's baseline: the card's time is the camera's
             with self.lock:
                 self._frame(bytes(frame), bool(keyframe), int(timestamp))
             return
         self._enqueue(bytes(frame), bool(keyframe), int(timestamp))
+
+    def _count_skipped(self, timestamp: int) -> None:
+        """Sensor frames the camera lost before us (libcamera drops a frame when no buffer
+        is free, and says so only by the gap in the timestamps)."""
+        if self._last_timestamp is not None:
+            interval = 1_000_000 / self.fps
+            gap = timestamp - self._last_timestamp
+            if gap > 1.5 * interval:
+                self.camera_skipped += round(gap / interval) - 1
+        self._last_timestamp = timestamp
 
     def _enqueue(self, data: bytes, keyframe: bool, timestamp: int) -> None:
         with self._queued:
