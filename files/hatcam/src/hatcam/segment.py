@@ -20,6 +20,7 @@ hours of continuous recording. The device's record keeps counting past the wrap
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -224,6 +225,8 @@ _TRUE, _FALSE = "true", "false"
 def _text(value) -> str:
     if isinstance(value, bool):
         return _TRUE if value else _FALSE
+    if isinstance(value, dict):  # the signed record: compact JSON (ASCII, as metadata must be)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
     return str(value)
 
 
@@ -239,6 +242,9 @@ class SegmentRecord:
     md5: str | None = None  # of the bytes as recorded; unknown for a recovered segment
     recovered: bool = False  # queued after a crash or a failed write, not closed properly
     damaged: bool = False  # changed on the card since it was recorded (found at upload)
+    # The device's signed record of this segment (hatcam.proof, kind "segment"); None for
+    # footage from before the device had a key, and for legacy blobs.
+    proof: dict | None = None
 
     @classmethod
     def made(
@@ -250,6 +256,7 @@ class SegmentRecord:
         clock_synced: bool,
         md5: str | None = None,
         recovered: bool = False,
+        proof: dict | None = None,
     ) -> SegmentRecord:
         span = duration(contents.first_pts, contents.last_pts, frame_ticks(fps))
         return cls(
@@ -260,6 +267,7 @@ class SegmentRecord:
             clock_synced,
             md5,
             recovered,
+            proof=proof,
         )
 
     @property
@@ -277,6 +285,7 @@ class SegmentRecord:
             "md5": self.md5,
             "recovered": self.recovered or None,
             "damaged": self.damaged or None,
+            "proof": self.proof,
         }
 
     def to_sidecar(self) -> dict:
@@ -322,10 +331,22 @@ class SegmentRecord:
             data.get("md5"),
             flag("recovered"),
             flag("damaged"),
+            _proof(data.get("proof")),
         )
 
     def marked_damaged(self) -> SegmentRecord:
         return replace(self, damaged=True)
+
+
+def _proof(value) -> dict | None:
+    """The signed record as the sidecar (a dict) or blob metadata (JSON text) holds it;
+    None when absent or unreadable (fetch then reports the segment as unverified)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
 
 
 def parse_iso(text: str) -> datetime:
