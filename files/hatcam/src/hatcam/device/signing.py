@@ -159,8 +159,11 @@ def salvage_scan(path: Path, near: int | None = None) -> Salvaged | None:
                 return None
             sha.update(chunk)
             left -= len(chunk)
-    frames: list[tuple[int, bytes]] = []  # (pts, data)
-    tail_after_last = False  # a data packet (checkpoint) after the last video frame
+    frames: list[tuple[int, int, bytes]] = []  # (offset, pts, data)
+    # Where the last data packet (a checkpoint) starts: at the file's end the demuxer
+    # hands out what it holds in no particular order, so offsets tell what came after.
+    last_data = -1
+    torn = False
     with open(path, "rb") as fh:
         try:
             with av.open(_Prefix(fh, size), "r", format="mpegts") as container:
@@ -173,21 +176,21 @@ def salvage_scan(path: Path, near: int | None = None) -> Salvaged | None:
                         if not packet.size:
                             continue
                         if packet.stream.type == "video" and packet.pts is not None:
-                            frames.append((ticks(packet.pts), bytes(packet)))
-                            tail_after_last = False
-                        elif packet.stream.type == "data" and frames:
-                            tail_after_last = True
+                            frames.append((packet.pos, ticks(packet.pts), bytes(packet)))
+                        elif packet.stream.type == "data" and packet.pos is not None:
+                            last_data = max(last_data, packet.pos)
                 except av.error.FFmpegError:
-                    tail_after_last = False  # torn: the last frame read is suspect
+                    torn = True  # the last frame read is suspect
         except av.error.FFmpegError:
             return None
-    if frames and not tail_after_last:
+    frames.sort(key=lambda frame: frame[0])
+    if frames and (torn or last_data < frames[-1][0]):
         frames.pop()
     if not frames:
         return None
     digest = proof.FrameDigest()
     first = last = None
-    for pts, data in frames:
+    for _, pts, data in frames:
         digest.add_annexb(data)
         if last is None:
             last = pts % WRAP if near is None else unwrap(pts, near)
