@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import av
@@ -16,10 +17,10 @@ import pytest
 
 from hatcam import proof
 from hatcam.device.camera.synthetic import SyntheticCamera
-from hatcam.device.segmenter import Segmenter
+from hatcam.device.segmenter import Segmenter, SegmentFile, recover
 from hatcam.device.signing import Signer
 from hatcam.device.spool import Spool
-from hatcam.segment import SegmentName
+from hatcam.segment import Contents, SegmentName
 
 from tests.support.footage import (
     SMALL,
@@ -345,3 +346,65 @@ def test_the_signed_record_reaches_the_cloud_in_both_upload_modes(
         assert all(v.isascii() for v in blob.metadata.values())
     assert_one_chain([json.loads(b.metadata["proof"]) for b in landed])
     print(f"{mode}: metadata of {size} bytes a segment")
+
+
+def test_a_segment_torn_mid_frame_is_signed_over_its_whole_packets_and_complete_frames(
+    tmp_path, key, ring
+):
+    """A card may keep part of a write: the record covers no torn packet or frame."""
+    source = Spool(tmp_path / "source").ensure()
+    record(source.root, 60 + 7, segment_seconds=2.0)
+    original = source.ready_segments()[0]
+    whole = original.read_bytes()
+    positions = [pos for pos, _ in video_packets(whole)]
+    payloads = [payload for _, payload in video_packets(whole)]
+    cut_in = 40  # cut half way through frame 40: frames 0-39 are whole
+    cut_at = (positions[cut_in] + positions[cut_in + 1]) // 2 + 7  # not on a packet edge
+    spool = Spool(tmp_path / "spool").ensure()
+    torn = spool.recording / original.name
+    torn.write_bytes(whole[:cut_at])
+
+    recover(spool, DEVICE, SMALL["fps"], Signer(key, DEVICE, spool.state))
+
+    rec = spool.read_metadata(spool.ready / original.name)["proof"]
+    assert rec["recovered"] is True and rec["prev"] == ""
+    assert rec["size"] == cut_at // 188 * 188
+    assert_covers(ring, rec, whole[:cut_at], "the torn segment's record")
+    assert rec["frames"] == cut_in
+    assert rec["frames_sha256"] == frames_digest(payloads[:cut_in]), "the frames as recorded"
+
+
+def test_a_crash_between_signing_and_committing_a_segment_does_not_fork_the_chain(
+    tmp_path, key, ring
+):
+    """The chain names a segment's record before the segment is committed; killed in
+    between, the segment is recovered, and its new record takes the old one's place."""
+    spool = Spool(tmp_path / "spool").ensure()
+    record(spool.root, 30 * 2, signer=Signer(key, DEVICE, spool.state))
+    signer = Signer(key, DEVICE, spool.state)
+    name = SegmentName(datetime.now(UTC), "0b00710b", spool.next_seq())
+    segment = SegmentFile(spool.recording / name.filename, name, 320, 240, 30, signer)
+    camera = SyntheticCamera(320, 240, 30, 300_000, realtime=False, frames=30)
+    frames = Collect()
+    camera.start(frames)
+    assert camera.wait(60)
+    for index, (data, keyframe, _) in enumerate(frames.frames):
+        segment.write(data, keyframe, index * 3000)
+    segment.close()
+    contents = Contents(segment.frames, segment.first_pts, segment.last_pts, 320, 240)
+    lost = signer.segment(segment.segment_fields(contents))  # then the power goes
+
+    recover(spool, DEVICE, SMALL["fps"], Signer(key, DEVICE, spool.state))
+    records = records_of(spool)
+    assert [r["name"] for r in records][-1] == name.filename
+    assert records[-1]["recovered"] is True and records[-1]["prev"] == lost["prev"]
+    assert_one_chain(records)
+    assert_covers(ring, records[-1], (spool.ready / name.filename).read_bytes(), "recovered")
+
+
+class Collect:
+    def __init__(self):
+        self.frames = []
+
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        self.frames.append((bytes(frame), bool(keyframe), int(timestamp)))
