@@ -3,9 +3,9 @@
 
     python -m bench.run [--quick]          (from the repository root)
 
-Runs bench/device_bench.py, bench/fetch_bench.py, bench/recovery_bench.py (each
-starts its own Azurite / redis-server) and bench/writer_stall.py (mounts the test SD
-card: root), then tabulates; --quick only prints. Ratios
+Runs bench/device_bench.py, bench/fetch_bench.py, bench/recovery_bench.py,
+bench/signing_bench.py (each starts its own Azurite / redis-server) and
+bench/writer_stall.py (mounts the test SD card: root), then tabulates; --quick only prints. Ratios
 are the point: these machines are noisy, absolute times are not comparable between runs.
 """
 
@@ -130,6 +130,37 @@ def writer_stall_rows(w: dict) -> list[tuple[str, str, str, str, str]]:
     return found
 
 
+def signing_rows(s: dict) -> list[tuple[str, str, str, str, str]]:
+    """The camera with a device key beside the camera without one, same run."""
+    d, w = s["daemons"], s["writepath"]
+    return [
+        (
+            f"signing: camera daemon peak RSS, 720p30 4 Mbit/s synthetic, stills on, "
+            f"{d['seconds']:.0f} s side by side ({d['segments_signed']} segments signed)",
+            f"{d['on_peak_rss_mb']:.1f} MB (HATCAM_DEVICE_KEY set)",
+            f"{d['off_peak_rss_mb']:.1f} MB (no key)",
+            f"{d['on_peak_rss_mb'] / d['off_peak_rss_mb']:.2f}x",
+            f"< 80 MB: {verdict(d['on_peak_rss_mb'] < 80)}",
+        ),
+        (
+            "signing: camera daemon CPU (its synthetic encoder included)",
+            f"{d['on_cpu_s_per_min']:.1f} s/min",
+            f"{d['off_cpu_s_per_min']:.1f} s/min",
+            f"{d['on_cpu_s_per_min'] / d['off_cpu_s_per_min']:.2f}x",
+            "-",
+        ),
+        (
+            f"signing: segment writer CPU per second of footage ({w['seconds']} s of 720p30 "
+            f"4 Mbit/s, {w['megabytes']} MB, in 10 s segments, {w['checkpoints']} checkpoints; "
+            f"median of {w['rounds']} rounds, who goes first alternating)",
+            f"{w['on_cpu_ms_per_s']:.2f} ms/s (signing: +{w['signing_cpu_ms_per_s']:.2f} ms/s)",
+            f"{w['off_cpu_ms_per_s']:.2f} ms/s (no key)",
+            f"{w['on_cpu_ms_per_s'] / w['off_cpu_ms_per_s']:.2f}x",
+            "-",
+        ),
+    ]
+
+
 def rows(d: dict, f: dict) -> list[tuple[str, str, str, str, str]]:
     """(figure, hatcam, baseline, ratio, goal + verdict) for each measurement."""
     c, lat, dr, mem, st = d["continuity"], d["latency"], d["drain"], d["memory"], d["stills"]
@@ -244,6 +275,7 @@ def main() -> int:
     fetch = run_json("fetch_bench.py", *fetch_args, "--seconds", "10", "--size", "640x360")
     recovery = run_json("recovery_bench.py", *quick)
     writer = run_json("writer_stall.py", *quick)
+    signing = run_json("signing_bench.py", *quick)
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     header = (
         f"# hatcam benchmarks\n\n"
@@ -261,14 +293,23 @@ def main() -> int:
     table = ["| figure | hatcam | baseline | ratio | goal |", "|---|---|---|---|---|"]
     table += [
         "| " + " | ".join(row) + " |"
-        for row in rows(device, fetch) + recovery_rows(recovery) + writer_stall_rows(writer)
+        for row in rows(device, fetch)
+        + recovery_rows(recovery)
+        + writer_stall_rows(writer)
+        + signing_rows(signing)
     ]
     text = (
         header
         + "\n".join(table)
         + "\n\n<details><summary>raw figures</summary>\n\n```json\n"
         + json.dumps(
-            {"device": device, "fetch": fetch, "recovery": recovery, "writer_stall": writer},
+            {
+                "device": device,
+                "fetch": fetch,
+                "recovery": recovery,
+                "writer_stall": writer,
+                "signing": signing,
+            },
             indent=1,
         )
         + "\n```\n</details>\n"

@@ -9,8 +9,10 @@ import os
 import threading
 import time
 
+import av
+
 from .camera import open_camera
-from .segmenter import Segmenter, recover
+from .segmenter import DATA_STREAMS, Segmenter, recover
 from .signing import Signer
 from .spool import DiskGuard, Spool
 from .status import StateFile
@@ -96,6 +98,14 @@ class Recorder:
         if self.signer is None:
             log.warning(
                 "HATCAM_DEVICE_KEY is not set: segments are not signed (footage unverified)"
+            )
+        elif not DATA_STREAMS:
+            log.warning(
+                "signing segments with device key %s, but this PyAV (%s) cannot carry "
+                "checkpoints in the open segment (av>=14 can): a cut segment verifies only "
+                "from its recovered record",
+                self.signer.key.id,
+                av.__version__,
             )
         else:
             log.info("signing segments and checkpoints with device key %s", self.signer.key.id)

@@ -85,7 +85,7 @@ def _packet_flags_writable() -> bool:
 _PACKET_FLAGS_WRITABLE = _packet_flags_writable()
 # PyAV before 14 (Pi OS Bookworm's python3-av is 10) cannot add a data stream: segments
 # are still signed when they close, but carry no checkpoints (install av>=14 for those).
-_DATA_STREAMS = hasattr(av.container.OutputContainer, "add_data_stream")
+DATA_STREAMS = hasattr(av.container.OutputContainer, "add_data_stream")
 
 
 def clock_synchronized() -> bool:
@@ -161,7 +161,7 @@ class SegmentFile:
         self.stream.width, self.stream.height = width, height
         self.stream.time_base = TIME_BASE
         self.data = None
-        if signer is not None and _DATA_STREAMS:
+        if signer is not None and DATA_STREAMS:
             self.data = self.container.add_data_stream("timed_id3")
             self.data.time_base = TIME_BASE
         # The frames' digest covers all but the last frame muxed (held back by the muxer,
