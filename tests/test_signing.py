@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -408,3 +409,45 @@ class Collect:
 
     def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
         self.frames.append((bytes(frame), bool(keyframe), int(timestamp)))
+
+
+@pytest.mark.root("mounting a small tmpfs needs root")
+def test_segments_the_camera_closes_early_on_a_full_card_are_signed_and_chained(
+    tmp_path, key, ring
+):
+    """Writes hit ENOSPC: the camera closes the segment early with a signed record (or,
+    when even that cannot be written, at the next recovery), and the chain holds."""
+    mount = tmp_path / "card"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
+    try:
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * 6_000_000)
+        spool = Spool(mount / "spool")
+        log = tmp_path / "camera.log"
+        settings = camera_settings(
+            spool.root,
+            HATCAM_SYNTHETIC_PACE="fast",
+            HATCAM_BITRATE="2000000",
+            HATCAM_SEGMENT_SECONDS="1",
+            HATCAM_MIN_FREE_MB="0",
+            HATCAM_DEVICE_KEY=tmp_path / "device.key",
+        )
+        proc = start_hatcam("camera", settings=settings, log=log)
+        try:
+            wait_until(lambda: "closing it early" in log.read_text(), 60, "a write to fail")
+            filler.unlink()  # space comes back
+            wait_until(lambda: "recording again" in log.read_text(), 30, "recording to go on")
+            before = {p.name for p in spool.ready_segments()}
+            wait_until(lambda: {p.name for p in spool.ready_segments()} - before, 30, "more")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        records = records_of(spool)
+        recovered = [r for r in records if r["recovered"]]
+        assert recovered, "the segment cut short by the full card has a record"
+        for path, rec in zip(spool.ready_segments(), records, strict=True):
+            assert_covers(ring, rec, path.read_bytes(), path.name)
+        assert_one_chain(records)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
