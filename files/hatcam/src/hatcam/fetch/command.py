@@ -301,21 +301,26 @@ class Fetch:
             return stitch.whole_frames(path)
         return remote.contents or probe(path, legacy=remote.legacy)
 
-    def verified_contents(self, remote, contents: Contents) -> Contents:
-        """An unfinished segment's contents up to the checkpoint that verifies it."""
-        verdict = self.verdicts.get(remote.name)
-        if verdict is None or verdict.status != verify.CHECKPOINT or verdict.record is None:
-            return contents
-        record = verdict.record
-        frames = record.get("frames")
-        if not isinstance(frames, int) or not 0 < frames <= contents.frames:
-            raise ValueError(f"holds {contents.frames} whole frames, its checkpoint {frames}")
-        span = record["last_pts"] - record["first_pts"]
-        return Contents(
-            frames, contents.first_pts, contents.first_pts + span, contents.width, contents.height
-        )
+    def verified_prefix(self, remote, verdict: verify.Verdict) -> tuple[Path, Contents]:
+        """An unfinished segment's bytes up to the checkpoint that verifies them, as a file
+        of their own (only those are stitched), and what they hold."""
+        prefix = self.root / ".cache" / "verified" / remote.cache_name
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path_of(remote) if remote.local is None else remote.local, "rb") as fh:
+            data = fh.read(verdict.size)
+        if not prefix.is_file() or prefix.read_bytes() != data:
+            write_atomic(prefix, data, durable=False)
+        contents = probe(prefix)
+        frames = verdict.record.get("frames")
+        if contents.frames != frames:
+            raise ValueError(
+                f"its verified bytes hold {contents.frames} frames, its checkpoint {frames}"
+            )
+        return prefix, contents
 
-    def segment(self, remote: listing.Remote, path: Path, contents: Contents) -> stitch.Segment:
+    def segment(
+        self, remote: listing.Remote, path: Path, contents: Contents, cut: bool | None = None
+    ) -> stitch.Segment:
         return stitch.Segment.from_contents(
             remote.name,
             path,
@@ -325,7 +330,7 @@ class Fetch:
             boot=remote.boot,
             seq=remote.seq,
             legacy_fps=self.args.legacy_fps if remote.legacy else None,
-            cut=remote.kind == listing.UNFINISHED,
+            cut=remote.kind == listing.UNFINISHED if cut is None else cut,
         )
 
     def segments(self, outcomes: list[Outcome]) -> list[stitch.Segment]:
@@ -336,8 +341,16 @@ class Fetch:
             if not outcome.ok:
                 self.problem(f"{outcome.remote.name}: {outcome.error}; not stitched")
                 continue
-            self.settle(outcome.remote, outcome.path)
+            verdict = self.settle(outcome.remote, outcome.path)
             if not self.wanted(outcome.remote):
+                continue
+            if verdict.status == verify.CHECKPOINT and verdict.record is not None:
+                try:
+                    prefix, contents = self.verified_prefix(outcome.remote, verdict)
+                except (ValueError, OSError) as exc:
+                    self.problem(f"{outcome.remote.name}: {exc}; not stitched")
+                    continue
+                found.append(self.segment(outcome.remote, prefix, contents, cut=False))
                 continue
             contents = outcome.contents
             if contents.from_metadata:
@@ -348,11 +361,6 @@ class Fetch:
                     continue
                 if outcome.remote.local is None:
                     self.cache.record(outcome.remote, contents)
-            try:
-                contents = self.verified_contents(outcome.remote, contents)
-            except ValueError as exc:
-                self.problem(f"{outcome.remote.name}: {exc}; not stitched")
-                continue
             found.append(self.segment(outcome.remote, outcome.path, contents))
         return found
 
