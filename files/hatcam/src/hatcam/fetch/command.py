@@ -13,8 +13,15 @@ says which), 2 bad options.
 Live segments (append blobs, see listing.py): a finished one is used up to its
 closing record's length and checked against its MD5; bytes appended after it
 are reported and left out. An unfinished one (no closing record) is stitched
-with what it holds in whole frames and reported as unfinished: nothing can
-verify it.
+with what it holds in whole frames and reported as unfinished.
+
+With the devices' public keys (``--keys``, else HATCAM_KEYS_DIR), each segment of a
+device with a key is checked against its signed record and the records' chain
+(verify.py): the run ends with what was verified, what is missing (with the time
+lost), altered, badly signed, written by someone else or appended to; an unfinished
+segment is stitched up to its last checkpoint only. Beside each MP4, ``<mp4>.proof.json``
+(report.py) embeds the signed records for ``hatcam verify``. ``--from-card PATH`` reads
+a mounted SD card's spool (card.py) the same way, merged with the cloud's copies.
 """
 
 from __future__ import annotations
@@ -428,9 +435,8 @@ class Fetch:
             outcome = batch.outcome(segment.name)
             if not outcome.ok:
                 raise _NotDownloaded(segment.name)
-            if not self.settle(outcome.remote, outcome.path).stitched and not self.wanted(
-                outcome.remote
-            ):
+            self.settle(outcome.remote, outcome.path)
+            if not self.wanted(outcome.remote):
                 raise _NotDownloaded(segment.name)  # altered: planned again without it
 
         try:
@@ -447,10 +453,13 @@ class Fetch:
         cached = sum(o.status == "cached" for o in outcomes)
         resumed = sum(o.status == "resumed" for o in outcomes)
         failed = sum(not o.ok for o in outcomes)
+        on_card = sum(o.status == "card" for o in outcomes)
         self.say(
             f"{device}: {len(remotes)} segment(s) in range, {len(runs)} file(s); downloaded "
-            f"{len(outcomes) - cached - failed} ({resumed} resumed, {_mb(fetched)}), "
-            f"{cached} already here" + (f", {failed} FAILED" if failed else "")
+            f"{len(outcomes) - cached - failed - on_card} ({resumed} resumed, {_mb(fetched)}), "
+            f"{cached} already here"
+            + (f", {on_card} read off the card" if on_card else "")
+            + (f", {failed} FAILED" if failed else "")
         )
         unhashed = sum(r.md5 is None and r.kind == listing.WHOLE for r in remotes)
         if unhashed:
@@ -460,7 +469,7 @@ class Fetch:
             self.say(f"  {live} sent live and finished: checked against their closing records")
         kept = {o.remote.name: o.contents for o in outcomes if o.ok}
         for remote in remotes:
-            if remote.kind == listing.UNFINISHED:
+            if remote.kind == listing.UNFINISHED and not self.keyed(device):
                 contents = kept.get(remote.name)
                 held = f"{contents.frames} whole frames kept" if contents else "nothing usable"
                 self.say(
