@@ -1,4 +1,4 @@
-"""The ``hatcam`` command: camera, upload, status, check (device) and fetch (laptop).
+"""The ``hatcam`` command: camera, upload, status, check, keygen (device) and fetch (laptop).
 
 It parses, then hands over to one wing, imported only then: ``hatcam camera``
 never loads fetch's code (nor rich), ``hatcam fetch`` never loads the device's.
@@ -98,6 +98,37 @@ def cmd_check(args) -> int:
     return run_checks(settings)
 
 
+def cmd_keygen(args) -> int:
+    """Make the device's signing key (never replacing one), or with --public show the
+    public key line of the existing one. Only the public line is ever printed."""
+    from pathlib import Path
+
+    from . import proof
+
+    if not config.valid_device(args.device):
+        print(f"hatcam: --device: not a valid device name: {args.device!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    path = Path(args.path)
+    try:
+        key = proof.DeviceKey.load(path) if args.public else proof.DeviceKey.generate(path)
+    except FileExistsError:
+        print(f"hatcam: {path} already holds a key: not replaced", file=sys.stderr)
+        return 1
+    except FileNotFoundError:
+        what = "does not exist" if args.public else "is in a directory that does not exist"
+        print(f"hatcam: {path} {what}", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"hatcam: {path}: permission denied", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not a device key"
+        print(f"hatcam: {path}: {why}", file=sys.stderr)
+        return 1
+    print(key.public_line(args.device))
+    return 0
+
+
 def cmd_fetch(args) -> int:
     # fetch parses its own options: its imports (rich, stitching) stay out of the
     # daemons, which run on a Pi Zero's 512 MB. It needs the blob settings alone.
@@ -138,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate settings, reach blob storage and Redis").set_defaults(
         func=cmd_check
     )
+    keygen = sub.add_parser(
+        "keygen", help="make the device's signing key (mode 0400) and print its public line"
+    )
+    keygen.add_argument("path", help="the private key file to create (or read, with --public)")
+    keygen.add_argument("--device", required=True, help="the device name the public line names")
+    keygen.add_argument(
+        "--public", action="store_true", help="print the public line of an existing key"
+    )
+    keygen.set_defaults(func=cmd_keygen)
     fetch = sub.add_parser("fetch", help=FETCH_HELP, add_help=False)
     fetch.set_defaults(func=cmd_fetch)
     return parser

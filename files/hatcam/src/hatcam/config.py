@@ -112,6 +112,8 @@ class Settings(BlobSettings):
     # The board's model from the device tree ("" when unknown): its encoder's limits.
     pi_model: str = ""
     redis_url: str | None = field(default=None, repr=False)
+    # The device's private signing key (hatcam.proof); None: footage is not signed.
+    device_key: Path | None = None
 
     @property
     def camera_buffers(self) -> tuple[str | None, int | None]:
@@ -121,6 +123,28 @@ class Settings(BlobSettings):
     def require_redis(self) -> None:
         if self.stills and not self.redis_url:
             raise ConfigError(["REDIS_URL: must be set when HATCAM_STILLS is on"])
+
+    def load_device_key(self):
+        """The device's signing key (a hatcam.proof.DeviceKey), or None when
+        HATCAM_DEVICE_KEY is not set. Never says anything of the file's content."""
+        if self.device_key is None:
+            return None
+        from . import proof
+
+        name, path = "HATCAM_DEVICE_KEY", self.device_key
+        try:
+            return proof.DeviceKey.load(path)
+        except FileNotFoundError:
+            problem = f"{path} does not exist (make it with `hatcam keygen`)"
+        except IsADirectoryError:
+            problem = f"{path} is a directory, not a key file"
+        except PermissionError:
+            problem = f"{path} is not readable by this user"
+        except OSError as exc:
+            problem = f"{path} cannot be read ({exc.strerror})"
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            problem = f"{path} does not hold a device key (base64 of a 32-byte Ed25519 seed)"
+        raise ConfigError([f"{name}: {problem}"])
 
 
 def read_environment(env_file: str | Path | None = None, environ=None) -> dict[str, str]:
@@ -350,6 +374,17 @@ def _check_board(p: _Parser, model: str, width: int, height: int, fps: int) -> N
             )
 
 
+def _device_key(p: _Parser) -> Path | None:
+    """The key's path (settings.json "paths"); read by the camera alone (load_device_key)."""
+    text = p.raw("HATCAM_DEVICE_KEY")
+    if text is None:
+        return None
+    if RULES["paths"]["HATCAM_DEVICE_KEY"]["absolute"] and not text.startswith("/"):
+        p.fail("HATCAM_DEVICE_KEY", f"must be an absolute path, got {text!r}")
+        return None
+    return Path(text)
+
+
 def _blob(p: _Parser) -> dict:
     """The blob settings, checked; keyword arguments for BlobSettings."""
     container = p.raw(
@@ -423,6 +458,7 @@ def parse(values: dict[str, str]) -> Settings:
         retry_max_seconds=p.number("HATCAM_RETRY_MAX_SECONDS"),
         pi_model=pi_model,
         redis_url=redis_url,
+        device_key=_device_key(p),
         **blob,
     )
     if p.errors:

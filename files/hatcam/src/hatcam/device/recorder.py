@@ -11,6 +11,7 @@ import time
 
 from .camera import open_camera
 from .segmenter import Segmenter, recover
+from .signing import Signer
 from .spool import DiskGuard, Spool
 from .status import StateFile
 from .watchdog import FrameWatch, Notifier, Restarts, bounded, stall
@@ -49,6 +50,9 @@ class Recorder:
     def __init__(self, settings):
         self.settings = settings
         self.spool = Spool(settings.spool_dir)
+        # Read before anything else: a key that is missing or unreadable is a config error.
+        key = settings.load_device_key()
+        self.signer = Signer(key, settings.device, self.spool.state) if key else None
         self.stop_event = threading.Event()
         self.state_file = StateFile(self.spool.state / "camera.json")
         self.restarts = Restarts(self.spool.state)
@@ -67,6 +71,7 @@ class Recorder:
             settings.segment_seconds,
             room=self.guard.room,
             on_frame=self.frames,
+            signer=self.signer,
         )
         self.camera = None
         self.stills = None
@@ -88,7 +93,14 @@ class Recorder:
             self._write_state("failed", f"the camera did not open: {exc}")
             raise
         self.spool.ensure()
-        recover(self.spool, s.device, s.fps)  # what a crash or power cut left behind
+        if self.signer is None:
+            log.warning(
+                "HATCAM_DEVICE_KEY is not set: segments are not signed (footage unverified)"
+            )
+        else:
+            log.info("signing segments and checkpoints with device key %s", self.signer.key.id)
+        # What a crash or power cut left behind (signed and chained, with a key).
+        recover(self.spool, s.device, s.fps, self.signer)
         if s.stills:
             from .stills import StillsPublisher
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import av
 
+from .. import proof
 from ..files import fsync_dir
 from ..segment import (
     CLOCK,
@@ -44,6 +45,7 @@ from ..segment import (
     frame_ticks,
     probe,
 )
+from .signing import CHECKPOINT_OPTIONS, Signer, record_fields, salvage_scan
 from .spool import Spool
 
 log = logging.getLogger("hatcam.segmenter")
@@ -81,6 +83,9 @@ def _packet_flags_writable() -> bool:
 
 
 _PACKET_FLAGS_WRITABLE = _packet_flags_writable()
+# PyAV before 14 (Pi OS Bookworm's python3-av is 10) cannot add a data stream: segments
+# are still signed when they close, but carry no checkpoints (install av>=14 for those).
+_DATA_STREAMS = hasattr(av.container.OutputContainer, "add_data_stream")
 
 
 def clock_synchronized() -> bool:
@@ -101,14 +106,20 @@ def clock_synchronized() -> bool:
 
 class _HashingWriter:
     """Hashes the bytes on their way to the card: the MD5 the cloud checks is the one
-    of what was recorded, so a segment damaged on the card is caught at upload."""
+    of what was recorded, so a segment damaged on the card is caught at upload. With a
+    device key also their SHA-256, which the signed records name."""
 
-    def __init__(self, fh):
+    def __init__(self, fh, sha256: bool = False):
         self.fh = fh
         self.md5 = hashlib.md5()
+        self.sha256 = hashlib.sha256() if sha256 else None
+        self.size = 0
 
     def write(self, data) -> int:
         self.md5.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
+        self.size += len(data)
         return self.fh.write(data)
 
     def flush(self) -> None:
@@ -116,22 +127,49 @@ class _HashingWriter:
 
 
 class SegmentFile:
-    """One MPEG-TS file being written; flushed to the card at least once a second."""
+    """One MPEG-TS file being written; flushed to the card at least once a second.
 
-    def __init__(self, path: Path, name: SegmentName, width: int, height: int, fps: int):
+    With a ``signer`` (a device key), each sync first muxes a signed checkpoint into the
+    file, as a timed-ID3 data packet, at exactly the offset it covers: with packets
+    flushed as muxed and an interleave delta of 1 us, the muxer holds back only the frame
+    just muxed (it waits for the next to interleave), and a tag timed just before that
+    frame goes out at once, ahead of it. So the bytes before the tag hold every frame but
+    the last one muxed, whole: what the checkpoint covers.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        name: SegmentName,
+        width: int,
+        height: int,
+        fps: int,
+        signer: Signer | None = None,
+    ):
         self.path = path
         self.name = name
+        self.signer = signer
+        self.prev = signer.prev_for(name.filename) if signer else ""
         self.fh = open(path, "wb")  # noqa: SIM115 - closed in close(), outlives this call
         # The new name goes to the card too: without it, a power cut loses the whole open
         # segment however often its bytes were synced.
         fsync_dir(path.parent)
-        self.writer = _HashingWriter(self.fh)
-        self.container = av.open(
-            self.writer, "w", format="mpegts", container_options={"flush_packets": "1"}
-        )
+        self.writer = _HashingWriter(self.fh, sha256=signer is not None)
+        options = CHECKPOINT_OPTIONS if signer else {"flush_packets": "1"}
+        self.container = av.open(self.writer, "w", format="mpegts", container_options=options)
         self.stream = self.container.add_stream("h264", rate=fps)
         self.stream.width, self.stream.height = width, height
         self.stream.time_base = TIME_BASE
+        self.data = None
+        if signer is not None and _DATA_STREAMS:
+            self.data = self.container.add_data_stream("timed_id3")
+            self.data.time_base = TIME_BASE
+        # The frames' digest covers all but the last frame muxed (held back by the muxer,
+        # see above); ``held`` is that one, added when the next arrives or at close.
+        self.digest = proof.FrameDigest() if signer else None
+        self.held: tuple[bytes, int] | None = None
+        self.covered_last_pts: int | None = None
+        self.checkpoints = 0
         self.fps = fps
         self.frames = 0
         self.first_pts: int | None = None
@@ -150,10 +188,43 @@ class SegmentFile:
         if self.first_pts is None:
             self.first_pts = pts
         self.last_pts = pts
+        if self.digest is not None:
+            self._release_held()
+            self.held = (data, pts)
         if time.monotonic() - self.last_sync >= FLUSH_EVERY:
             self.sync()
 
+    def _release_held(self) -> None:
+        if self.held is not None:
+            self.digest.add_annexb(self.held[0])
+            self.covered_last_pts = self.held[1]
+            self.held = None
+
+    def _checkpoint(self) -> None:
+        """A signed checkpoint of the bytes written so far (see the class docstring)."""
+        covered = self.frames - 1  # the last frame muxed is still held by the muxer
+        if self.data is None or covered < 1:
+            return
+        contents = Contents(covered, self.first_pts, self.covered_last_pts)
+        fields = record_fields(
+            self.name,
+            contents,
+            self.fps,
+            size=self.writer.size,
+            sha256=self.writer.sha256.copy().hexdigest(),
+            frames_sha256=self.digest.hexdigest(),
+            prev=self.prev,
+        )
+        tag = av.Packet(proof.id3_priv(self.signer.checkpoint(fields)))
+        tag.stream = self.data
+        tag.time_base = TIME_BASE
+        tag.pts = tag.dts = self.last_pts - 1  # before the held frame: it goes out first
+        self.container.mux(tag)
+        self.checkpoints += 1
+
     def sync(self) -> None:
+        if self.signer is not None:
+            self._checkpoint()
         self.fh.flush()
         os.fdatasync(self.fh.fileno())
         self.last_sync = time.monotonic()
@@ -173,6 +244,20 @@ class SegmentFile:
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
+        if self.digest is not None:
+            self._release_held()
+
+    def segment_fields(self, contents: Contents) -> dict:
+        """The closed segment's record: the whole file, every frame."""
+        return record_fields(
+            self.name,
+            contents,
+            self.fps,
+            size=self.writer.size,
+            sha256=self.writer.sha256.hexdigest(),
+            frames_sha256=self.digest.hexdigest(),
+            prev=self.prev,
+        )
 
     def abort(self) -> None:
         """Close after a failed write: what reached the card stays for salvage()."""
@@ -204,6 +289,10 @@ class Segmenter:
     ``on_frame`` is called on the caller's thread for every video frame (keep it
     cheap, and it must not raise); ``last_frame_at`` is the monotonic time of the
     latest one; ``failed`` is what ended the writer thread, if anything did.
+
+    ``signer`` (the device key, hatcam.device.signing): each segment gets a signed,
+    chained record in its sidecar, and checkpoints inside it at every sync. None: the
+    footage is unsigned, as before the device had a key.
     """
 
     def __init__(
@@ -218,8 +307,10 @@ class Segmenter:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_frame: Callable[[], None] = lambda: None,
         queue_seconds: float = QUEUE_SECONDS,
+        signer: Signer | None = None,
     ):
         self.spool = spool
+        self.signer = signer
         self.device = device
         self.width, self.height, self.fps = width, height, fps
         self.segment_us = int(segment_seconds * 1_000_000)
@@ -349,7 +440,7 @@ class Segmenter:
                 return
             try:
                 if self.card_failing:  # first queue what the failed writes left behind
-                    recover(self.spool, self.device, self.fps)
+                    recover(self.spool, self.device, self.fps, self.signer)
                 self._open(timestamp)
             except OSError as exc:  # the card is full or failing: try the next keyframe
                 self.dropped_writing += 1
@@ -383,7 +474,13 @@ class Segmenter:
         segment.abort()
         try:
             salvage(
-                self.spool, self.device, self.fps, segment.path, "closed early", segment.first_pts
+                self.spool,
+                self.device,
+                self.fps,
+                segment.path,
+                "closed early",
+                segment.first_pts,
+                self.signer,
             )
         except OSError as exc:  # recover() at the next start picks it up
             log.error("%s stays in recording/ until the next start (%s)", segment.path.name, exc)
@@ -406,7 +503,12 @@ class Segmenter:
         self.segment_start_us = timestamp
         self.synced = clock_synchronized()
         self.current = SegmentFile(
-            self.spool.recording / name.filename, name, self.width, self.height, self.fps
+            self.spool.recording / name.filename,
+            name,
+            self.width,
+            self.height,
+            self.fps,
+            self.signer,
         )
 
     def _close(self) -> None:
@@ -419,6 +521,8 @@ class Segmenter:
             contents = Contents(
                 segment.frames, segment.first_pts, segment.last_pts, self.width, self.height
             )
+            # Signed (and made the chain's end) before the commit: see signing.py.
+            signed = self.signer.segment(segment.segment_fields(contents)) if self.signer else None
             record = SegmentRecord.made(
                 self.device,
                 segment.name,
@@ -426,6 +530,7 @@ class Segmenter:
                 self.fps,
                 self.synced,
                 segment.writer.md5.hexdigest(),
+                proof=signed,
             )
             # Gone before the commit syncs recording/: the rest goes up from ready/.
             synced_path(segment.path).unlink(missing_ok=True)
@@ -476,14 +581,40 @@ def synced_path(segment: Path) -> Path:
 
 
 def salvage(
-    spool: Spool, device: str, fps: int, path: Path, why: str, first_pts: int | None = None
+    spool: Spool,
+    device: str,
+    fps: int,
+    path: Path,
+    why: str,
+    first_pts: int | None = None,
+    signer: Signer | None = None,
 ) -> Path | None:
     """Queue a segment that was not closed properly with what it holds (or drop it if it
     holds no complete frame). ``first_pts``, the device's count at its first frame when
-    known, keeps its record on that count past the 33-bit wrap (else: the file's own)."""
+    known, keeps its record on that count past the 33-bit wrap (else: the file's own).
+    With a ``signer``, its signed record covers its whole TS packets and complete frames
+    (``signing.salvage_scan``), chained after the last record."""
     name = SegmentName.parse(path.name)
+    signed = None
     try:
-        contents = probe(path, torn_ok=True, near=first_pts) if name else None
+        if name is None:
+            contents = None
+        elif signer is None:
+            contents = probe(path, torn_ok=True, near=first_pts)
+        else:
+            held = salvage_scan(path, near=first_pts)
+            contents = held.contents if held else None
+            if held is not None:
+                fields = record_fields(
+                    name,
+                    held.contents,
+                    fps,
+                    size=held.size,
+                    sha256=held.sha256,
+                    frames_sha256=held.frames_sha256,
+                    prev=signer.prev_for(name.filename),
+                    recovered=True,
+                )
     except ValueError:
         contents = None
     if contents is None:
@@ -494,22 +625,26 @@ def salvage(
     # The picture size is left for fetch to read from the file; whether the clock was
     # synchronised back then is unknown: say no.
     contents = Contents(contents.frames, contents.first_pts, contents.last_pts)
-    record = SegmentRecord.made(device, name, contents, fps, False, recovered=True)
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+    if signer is not None:
+        signed = signer.segment(fields)  # the chain's end before the commit: see signing.py
+    record = SegmentRecord.made(device, name, contents, fps, False, recovered=True, proof=signed)
     synced_path(path).unlink(missing_ok=True)
     committed = spool.commit(path, record)
     log.warning("recovered %s (%s): %d frames", path.name, why, contents.frames)
     return committed
 
 
-def recover(spool: Spool, device: str, fps: int) -> list[Path]:
-    """Move segments left in recording/ by a crash or power cut into ready/."""
+def recover(spool: Spool, device: str, fps: int, signer: Signer | None = None) -> list[Path]:
+    """Move segments left in recording/ by a crash or power cut into ready/, oldest first
+    (by sequence number: their records chain in that order)."""
     for stray in spool.recording.glob("*.synced"):  # its segment was committed or dropped
         if not stray.with_suffix(".ts").exists():
             stray.unlink(missing_ok=True)
+    left = [(SegmentName.parse(p.name), p) for p in spool.recording.glob("*.ts")]
     found = (
-        salvage(spool, device, fps, path, "after an unclean stop")
-        for path in sorted(spool.recording.glob("*.ts"))
+        salvage(spool, device, fps, path, "after an unclean stop", signer=signer)
+        for _, path in sorted(left, key=lambda item: (item[0] is None, item[0] and item[0].seq))
     )
     return [path for path in found if path is not None]
