@@ -574,3 +574,77 @@ def test_a_bad_keys_directory_is_refused_with_one_line(azurite, container, tmp_p
 
 
 _ = SegmentRecord  # the sidecar's record type, read through tests.test_fetch_live.segments
+
+
+def test_segments_the_camera_daemon_signed_itself_verify(
+    azurite, container, tmp_path, capsys, keys
+):
+    """The real device side (hatcam.device.signing through the segmenter), not this file's
+    signing helper: its records verify, chain, and place every frame in the MP4."""
+    from hatcam.device.signing import Signer
+    from hatcam.device.spool import Spool
+
+    name, client = container
+    folder, key = keys
+    spool = Spool(tmp_path / "spool").ensure()
+    signer = Signer(key["dev1"], "dev1", spool.state)
+    record(spool.root, 120, SEG, device="dev1", wall_clock=clock(T0), signer=signer)
+    found = segments(spool)
+    assert all(rec.proof for _, rec, _ in found)
+    upload_whole(client, spool)
+    out = tmp_path / "out"
+
+    status, text, err = fetch(capsys, tmp_path, azurite, name, out, keys=folder)
+
+    assert status == 0, text + err
+    mp4 = only_mp4(out)
+    assert pictures(mp4) == device_pictures([p for p, _, _ in found])
+    report = proof_report(mp4)
+    assert set(statuses(report).values()) == {"verified"} and report["gaps"] == []
+    with av.open(str(mp4)) as opened:
+        samples = [bytes(p) for p in opened.demux(video=0) if p.size]
+    for entry in report["segments"]:
+        at, count = entry["mp4"]["first_sample"], entry["mp4"]["samples"]
+        digest = proof.FrameDigest()
+        for sample in samples[at : at + count]:
+            digest.add_length_prefixed(sample)
+        assert digest.hexdigest() == entry["record"]["frames_sha256"]
+
+
+def test_a_card_whose_camera_died_mid_segment_verifies_to_the_daemons_last_checkpoint(
+    tmp_path, capsys, keys
+):
+    """The real camera daemon's open segment (checkpoints at each sync), copied off the
+    card as a power cut leaves it: recording/ verifies up to its last checkpoint."""
+    from hatcam.device.camera.synthetic import SyntheticCamera
+    from hatcam.device.segmenter import Segmenter
+    from hatcam.device.signing import Signer
+    from hatcam.device.spool import Spool
+
+    folder, key = keys
+    spool = Spool(tmp_path / "spool").ensure()
+    segmenter = Segmenter(
+        spool, "dev1", 320, 240, 30, 60.0, wall_clock=clock(T0),
+        signer=Signer(key["dev1"], "dev1", spool.state),
+    )  # fmt: skip
+    camera = SyntheticCamera(320, 240, 30, 300_000, realtime=True, frames=100)
+    camera.start(segmenter)
+    assert camera.wait(60)
+    card = tmp_path / "card"
+    shutil.copytree(spool.root, card)  # the power cut: what the card held, nothing closed
+    segmenter.close()
+    [open_file] = list((card / "recording").glob("*.ts"))
+    marks = proof.checkpoints(open_file)
+    assert len(marks) >= 2  # a checkpoint at each sync, about once a second
+    last_at, last = marks[-1]
+
+    status, text, err = fetch(
+        capsys, tmp_path, None, None, tmp_path / "out", "--from-card", str(card), keys=folder
+    )
+
+    assert status == 0, text + err
+    mp4 = only_mp4(tmp_path / "out")
+    assert pictures(mp4) == pictures(open_file, "mpegts")[: last["frames"]]
+    [entry] = proof_report(mp4)["segments"]
+    assert entry["status"] == "checkpoint" and entry["source"] == "card"
+    assert entry["record"]["size"] == last_at
