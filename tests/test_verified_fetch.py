@@ -369,18 +369,30 @@ def test_a_segment_uploaded_under_another_devices_prefix_is_reported_and_left_ou
     assert len(pictures(only_mp4(tmp_path / "all"))) == 150 + 30
 
 
+@pytest.mark.parametrize("sent", ["live", "whole"])
 def test_bytes_appended_to_a_finished_blob_are_reported_and_ignored(
-    azurite, container, tmp_path, capsys, keys
+    azurite, container, tmp_path, capsys, keys, sent
 ):
     name, client = container
     folder, key = keys
     spool = signed_footage(tmp_path, key["dev1"], frames=90)
     found = segments(spool)
-    names = upload_live(client, spool)
     files = [p for p, _, _ in found]
-    extra = files[0].read_bytes()[-188 * 20 :]
-    stolen = ContainerClient.from_container_url(azurite.sas_url(name, "ca"))
-    stolen.get_blob_client(names[1]).append_block(extra)
+    extra = files[0].read_bytes()[-188 * 20 :]  # a well-formed frame of another segment
+    if sent == "live":
+        names = upload_live(client, spool)
+        stolen = ContainerClient.from_container_url(azurite.sas_url(name, "ca"))
+        stolen.get_blob_client(names[1]).append_block(extra)
+    else:  # whoever holds the account key writes it again, longer, with a fresh MD5
+        names = upload_whole(client, spool)
+        data = files[1].read_bytes() + extra
+        client.upload_blob(
+            names[1],
+            data,
+            overwrite=True,
+            metadata=found[1][1].to_blob_metadata(),
+            content_settings=ContentSettings(content_md5=hashlib.md5(data).digest()),
+        )
     out = tmp_path / "out"
 
     status, text, _ = fetch(capsys, tmp_path, azurite, name, out, keys=folder)
