@@ -224,6 +224,11 @@ class Fetch:
                 self.verdicts[remote.name] = verify.Verdict(
                     verify.UNVERIFIED, problem="from before the device had a key"
                 )
+            elif unsigned and first is None and remote.kind != listing.UNFINISHED:
+                verdict.problem = (
+                    f"no record (footage from before {device} had a key is stitched only "
+                    "with --include-unverified when its first record is not in range)"
+                )
 
     def wanted(self, remote: listing.Remote) -> bool:
         """Whether a segment goes into the MP4 by what is known of it so far."""
