@@ -132,18 +132,39 @@ def public_line(ring: proof.KeyRing, key: str) -> str | None:
 
 
 def _order(record: dict) -> tuple:
-    return (record.get("seq") if isinstance(record.get("seq"), int) else -1, record.get("start"))
+    seq = record.get("seq")
+    return (str(record.get("start")), seq if isinstance(seq, int) else -1)
 
 
 def chain(device: str, records: list[tuple[str, dict]]) -> list[Missing]:
     """The breaks in a device's chain of valid records, given as (segment name, record).
-    A checkpoint stands for its unfinished segment: its ``prev`` is the one the segment's
-    record would have; nothing can follow it (its final record was never made)."""
+
+    The records are put in order by their links (each ``prev`` names the record before
+    it), not by names or clocks: pieces of chain that link up are followed, and each
+    piece that does not start where the previous one ended is a break, unless it starts
+    a new chain (``prev`` "": a new card or a new key). A checkpoint stands for its
+    unfinished segment: its ``prev`` is the one the segment's record would have.
+    """
+    by_hash = {proof.record_hash(record): (name, record) for name, record in records}
+    following: dict[str, list[tuple[str, dict]]] = {}
+    for name, record in records:
+        following.setdefault(str(record.get("prev")), []).append((name, record))
+    heads = [item for item in records if str(item[1].get("prev")) not in by_hash]
+    pieces = []
+    seen: set[str] = set()
+    for head in sorted(heads, key=lambda item: _order(item[1])):
+        piece, item = [], head
+        while item is not None and item[0] not in seen:
+            seen.add(item[0])
+            piece.append(item)
+            after = following.get(proof.record_hash(item[1]), [])
+            item = min(after, key=lambda i: _order(i[1])) if after else None
+        pieces.append(piece)
     found = []
-    ordered = sorted(records, key=lambda item: _order(item[1]))
-    for (name_a, a), (name_b, b) in zip(ordered, ordered[1:], strict=False):
-        if b.get("prev") == proof.record_hash(a):
-            continue
+    for before_piece, piece in zip(pieces, pieces[1:], strict=False):
+        (name_a, a), (name_b, b) = before_piece[-1], piece[0]
+        if b.get("prev") == "":
+            continue  # a new chain: nothing says what came before it
         try:
             start, end = parse_iso(a["end"]), parse_iso(b["start"])
         except (KeyError, ValueError, TypeError):
