@@ -150,9 +150,13 @@ def chain(device: str, records: list[tuple[str, dict]]) -> list[Missing]:
     for name, record in records:
         following.setdefault(str(record.get("prev")), []).append((name, record))
     heads = [item for item in records if str(item[1].get("prev")) not in by_hash]
+    # A record no head leads to (a fork: two records naming one prev) starts a piece too.
+    rest = sorted(records, key=lambda item: _order(item[1]))
     pieces = []
     seen: set[str] = set()
-    for head in sorted(heads, key=lambda item: _order(item[1])):
+    for head in sorted(heads, key=lambda item: _order(item[1])) + rest:
+        if head[0] in seen:
+            continue
         piece, item = [], head
         while item is not None and item[0] not in seen:
             seen.add(item[0])
@@ -160,6 +164,7 @@ def chain(device: str, records: list[tuple[str, dict]]) -> list[Missing]:
             after = following.get(proof.record_hash(item[1]), [])
             item = min(after, key=lambda i: _order(i[1])) if after else None
         pieces.append(piece)
+    pieces.sort(key=lambda piece: _order(piece[0][1]))
     found = []
     for before_piece, piece in zip(pieces, pieces[1:], strict=False):
         (name_a, a), (name_b, b) = before_piece[-1], piece[0]
