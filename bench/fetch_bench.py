@@ -13,6 +13,9 @@ median ratio is reported):
   hatcam    ``hatcam fetch --device benchcam`` into an empty directory (list, download,
             verify MD5, stitch with PyAV, check the MP4, report)
   again     the same ``hatcam fetch`` a second time (nothing to download or stitch)
+  verified  ``hatcam fetch --keys DIR``: the same, each segment also checked against its
+            signed record and the chain (the segments are signed as the device signs
+            them); its ratio to ``hatcam`` (verification off) is the cost of verifying
 
 and checks that both MP4s hold every frame. Work files go to bench/work/fetch.
 """
@@ -31,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hatcam import config  # noqa: E402
+from hatcam import config, proof  # noqa: E402
 from hatcam.device.camera.synthetic import SyntheticCamera  # noqa: E402
 from hatcam.device.segmenter import Segmenter  # noqa: E402
 from hatcam.device.spool import Spool  # noqa: E402
@@ -39,6 +42,7 @@ from hatcam.device.uploader import Uploader  # noqa: E402
 
 from tests.support import ROOT
 from tests.support.services import Azurite
+from tests.test_verified_fetch import sign_spool
 
 BASELINES = ROOT / "bench" / "baselines"
 DEVICE = "benchcam"
@@ -118,11 +122,12 @@ def baseline(env: dict, work: Path, jobs: int) -> tuple[float, Path]:
     return time.perf_counter() - started, out
 
 
-def hatcam_fetch(env_file: Path, out: Path, jobs: int) -> tuple[float, str]:
+def hatcam_fetch(env_file: Path, out: Path, jobs: int, keys: Path | None = None):
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "hatcam.cli", "--env-file", str(env_file), "fetch"]
-        + ["--device", DEVICE, "--out", str(out), "--jobs", str(jobs)],
+        + ["--device", DEVICE, "--out", str(out), "--jobs", str(jobs)]
+        + (["--keys", str(keys)] if keys else []),
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("HATCAM_")},
@@ -164,6 +169,11 @@ def main() -> int:
             args.work / "spool", args.segments, args.seconds, width, height, args.fps
         )
         made = time.perf_counter() - started
+        keys = args.work / "keys"
+        keys.mkdir()
+        key = proof.DeviceKey.generate(args.work / "device.key")
+        (keys / f"{DEVICE}.pub").write_text(key.public_line(DEVICE) + "\n")
+        sign_spool(spool, key)
         count = upload_all(settings, spool, args.jobs)
         total_bytes = sum(b.size for b in client.list_blobs(name_starts_with=f"{DEVICE}/"))
         store = {
@@ -175,20 +185,27 @@ def main() -> int:
 
         # The two take turns, who goes first alternating between rounds (a machine that
         # slows down must not always fall on the same side); the median ratio is reported.
-        rounds, orders = [], []
+        rounds, orders, verified = [], [], []
         for index in range(args.rounds):
             work = args.work / f"round{index}"
             out = work / "footage"
+            checked = work / "verified"
             if index % 2 == 0:
                 base_seconds, base_mp4 = baseline(store, work, args.jobs)
                 cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
-                orders.append("baseline, hatcam")
+                on_seconds, on_report = hatcam_fetch(env_file, checked, args.jobs, keys)
+                orders.append("baseline, hatcam, verified")
             else:
+                on_seconds, on_report = hatcam_fetch(env_file, checked, args.jobs, keys)
                 cold_seconds, report = hatcam_fetch(env_file, out, args.jobs)
                 base_seconds, base_mp4 = baseline(store, work, args.jobs)
-                orders.append("hatcam, baseline")
+                orders.append("verified, hatcam, baseline")
+            if f"{count} segment(s), signed by {DEVICE}'s key" not in on_report:
+                raise SystemExit(f"hatcam fetch --keys did not verify every segment:\n{on_report}")
             rounds.append((cold_seconds / base_seconds, base_seconds, cold_seconds, work))
+            verified.append((on_seconds / cold_seconds, on_seconds, cold_seconds))
         ratio, base_seconds, cold_seconds, work = sorted(rounds)[len(rounds) // 2]
+        verify_ratio, on_seconds, off_seconds = sorted(verified)[len(verified) // 2]
         base_mp4, out = work / "baseline.mp4", work / "footage"
         warm_seconds, _ = hatcam_fetch(env_file, out, args.jobs)
         [ours] = sorted(out.glob("*.mp4"))
@@ -207,6 +224,11 @@ def main() -> int:
             "baseline_s": round(base_seconds, 2),
             "hatcam_fetch_s": round(cold_seconds, 2),
             "hatcam_fetch_again_s": round(warm_seconds, 2),
+            "verify_ratios": [round(v[0], 3) for v in verified],
+            "verify_ratio": verify_ratio,
+            "verified_fetch_s": round(on_seconds, 2),
+            "unverified_fetch_s": round(off_seconds, 2),
+            "frames_verified": frames_in(next((work / "verified").glob("*.mp4"))),
             "frames_expected": expected,
             "frames_baseline": frames_in(base_mp4),
             "frames_hatcam": frames_in(ours),
@@ -224,9 +246,16 @@ def main() -> int:
             f"  hatcam fetch (first run):                        {cold_seconds:7.2f} s, "
             f"{figures['frames_hatcam']} frames\n"
             f"  hatcam fetch (second run, nothing new):          {warm_seconds:7.2f} s\n"
+            f"  hatcam fetch --keys (verified) / without:        {on_seconds:7.2f} s / "
+            f"{off_seconds:.2f} s = {verify_ratio:.3f}x (goal <= 1.1x: "
+            f"{'met' if verify_ratio <= 1.1 else 'MISSED'}), {figures['frames_verified']} frames\n"
             f"  expected frames: {expected}"
         )
-    wrong = {k: figures[k] for k in ("frames_hatcam", "frames_baseline") if figures[k] != expected}
+    wrong = {
+        k: figures[k]
+        for k in ("frames_hatcam", "frames_baseline", "frames_verified")
+        if figures[k] != expected
+    }
     if wrong:
         print(f"fetch_bench: expected {expected} frames in each MP4, got {wrong}", file=sys.stderr)
         return 1

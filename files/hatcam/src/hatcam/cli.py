@@ -139,9 +139,13 @@ def cmd_fetch(args) -> int:
     )
     command.add_arguments(parser)
     options = parser.parse_args(args.fetch_args)
-    settings = config.load_blob(args.env_file)
-    settings.require_blob("rl" + ("d" if options.delete_after else ""))
-    return command.run_fetch(settings, options)
+    values = config.read_environment(args.env_file)
+    settings = config.parse_blob(values)
+    # Off a card alone, no cloud is needed; with the cloud's settings, both are merged.
+    if options.from_card is None or settings.has_blob_credential:
+        settings.require_blob("rl" + ("d" if options.delete_after else ""))
+    # HATCAM_KEYS_DIR: the inventory's public keys (the downloader role sets it).
+    return command.run_fetch(settings, options, values.get("HATCAM_KEYS_DIR"))
 
 
 def build_parser() -> argparse.ArgumentParser:

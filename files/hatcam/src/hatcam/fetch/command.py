@@ -13,8 +13,15 @@ says which), 2 bad options.
 Live segments (append blobs, see listing.py): a finished one is used up to its
 closing record's length and checked against its MD5; bytes appended after it
 are reported and left out. An unfinished one (no closing record) is stitched
-with what it holds in whole frames and reported as unfinished: nothing can
-verify it.
+with what it holds in whole frames and reported as unfinished.
+
+With the devices' public keys (``--keys``, else HATCAM_KEYS_DIR), each segment of a
+device with a key is checked against its signed record and the records' chain
+(verify.py): the run ends with what was verified, what is missing (with the time
+lost), altered, badly signed, written by someone else or appended to; an unfinished
+segment is stitched up to its last checkpoint only. Beside each MP4, ``<mp4>.proof.json``
+(report.py) embeds the signed records for ``hatcam verify``. ``--from-card PATH`` reads
+a mounted SD card's spool (card.py) the same way, merged with the cloud's copies.
 """
 
 from __future__ import annotations
@@ -31,11 +38,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from .. import config
+from .. import config, proof
 from ..blob import connection_string_sas, container_client, describe, explain, sas_permissions
 from ..files import write_atomic
 from ..segment import Contents, probe
-from . import listing, stitch
+from . import card, listing, report, stitch, verify
 from .download import Batch, Cache, Downloader, Outcome, md5_of
 from .progress import make_progress
 
@@ -98,6 +105,26 @@ def add_arguments(parser) -> None:
         help="frame rate of legacy raw .h264 footage, which does not record it (default: 30)",
     )
     parser.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help="the devices' public keys (*.pub): segments of a device with a key are checked "
+        "against its signed records (default: HATCAM_KEYS_DIR from the settings)",
+    )
+    parser.add_argument(
+        "--include-unverified",
+        action="store_true",
+        help="also stitch segments of a device with a key that carry no valid record "
+        "(they are reported either way)",
+    )
+    parser.add_argument(
+        "--from-card",
+        type=Path,
+        metavar="PATH",
+        help="a mounted SD card (its hatcam spool): stitch and verify its segments, merged "
+        "with what the cloud holds when the cloud's settings are given too",
+    )
+    parser.add_argument(
         "--legacy-tz",
         metavar="ZONE",
         help="time zone of the legacy blob names, e.g. Europe/London (default: this computer's)",
@@ -141,7 +168,7 @@ def _gap_text(gap: stitch.Gap) -> str:
 
 
 class Fetch:
-    def __init__(self, settings, args, out=None, err=None):
+    def __init__(self, settings, args, out=None, err=None, ring=None):
         self.settings = settings
         self.args = args
         self.out = out or sys.stdout
@@ -151,6 +178,88 @@ class Fetch:
         self.cache = Cache(self.root / ".cache")
         self.stitched_path = self.root / ".cache" / "stitched.json"
         self.client = None
+        self.ring = ring or proof.KeyRing()
+        # Per segment (blob name): what its record says, then what its bytes say.
+        self.verdicts: dict[str, verify.Verdict] = {}
+        self.settled: set[str] = set()
+        self.remotes: dict[str, listing.Remote] = {}
+
+    # --- verification -------------------------------------------------------------
+
+    def keyed(self, device: str) -> bool:
+        return device in self.ring.devices()
+
+    def judge(self, device: str, remotes: list[listing.Remote]) -> None:
+        """Each segment's verdict from its record alone (its bytes are checked once here)."""
+        for remote in remotes:
+            self.remotes[remote.name] = remote
+        if not self.keyed(device):
+            why = "legacy footage" if device == listing.LEGACY_DEVICE else "no key registered"
+            for remote in remotes:
+                self.verdicts[remote.name] = verify.Verdict(verify.UNVERIFIED, problem=why)
+            return
+        valid = []
+        for remote in remotes:
+            record = remote.proof
+            if remote.kind == listing.UNFINISHED:
+                # Its checkpoints are inside the file: judged once it is here.
+                self.verdicts[remote.name] = verify.Verdict(verify.CHECKPOINT)
+                continue
+            if record is None:
+                self.verdicts[remote.name] = verify.Verdict(verify.NO_RECORD, problem="no record")
+                continue
+            wrong = verify.record_problem(self.ring, record, device, remote.filename)
+            if wrong is not None:
+                self.verdicts[remote.name] = verify.Verdict(wrong[0], record, wrong[1])
+                continue
+            valid.append(record)
+            self.verdicts[remote.name] = verify.Verdict(
+                verify.VERIFIED, record, size=record.get("size"), appended=remote.added
+            )
+        first = verify.genesis(valid)
+        for remote in remotes:
+            verdict = self.verdicts[remote.name]
+            unsigned = verdict.status == verify.NO_RECORD and verdict.record is None
+            if unsigned and first is not None and remote.start < first:
+                self.verdicts[remote.name] = verify.Verdict(
+                    verify.UNVERIFIED, problem="from before the device had a key"
+                )
+            elif unsigned and first is None and remote.kind != listing.UNFINISHED:
+                verdict.problem = (
+                    f"no record (footage from before {device} had a key is stitched only "
+                    "with --include-unverified when its first record is not in range)"
+                )
+
+    def wanted(self, remote: listing.Remote) -> bool:
+        """Whether a segment goes into the MP4 by what is known of it so far."""
+        verdict = self.verdicts.get(remote.name)
+        if verdict is None or verdict.stitched:
+            return True
+        return self.args.include_unverified and verdict.status in (
+            verify.NO_RECORD,
+            verify.BAD_SIGNATURE,
+        )
+
+    def settle(self, remote: listing.Remote, path: Path) -> verify.Verdict:
+        """A segment's verdict once its bytes are here (checked once per run)."""
+        verdict = self.verdicts[remote.name]
+        if remote.name in self.settled or not self.keyed(remote.device):
+            return verdict
+        self.settled.add(remote.name)
+        if verdict.status == verify.VERIFIED:
+            checked = verify.check_bytes(verdict.record, path)
+            checked.appended = verdict.appended if checked.status == verify.VERIFIED else 0
+            verdict = checked
+        elif verdict.status == verify.CHECKPOINT and remote.kind == listing.UNFINISHED:
+            found = verify.last_checkpoint(self.ring, path, remote.device, remote.filename)
+            verdict = found or verify.Verdict(
+                verify.NO_RECORD, problem="unfinished, and no checkpoint in it verifies"
+            )
+        self.verdicts[remote.name] = verdict
+        return verdict
+
+    def path_of(self, remote: listing.Remote) -> Path:
+        return remote.local or self.cache.path(remote)
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -204,7 +313,26 @@ class Fetch:
             return stitch.whole_frames(path)
         return remote.contents or probe(path, legacy=remote.legacy)
 
-    def segment(self, remote: listing.Remote, path: Path, contents: Contents) -> stitch.Segment:
+    def verified_prefix(self, remote, verdict: verify.Verdict) -> tuple[Path, Contents]:
+        """An unfinished segment's bytes up to the checkpoint that verifies them, as a file
+        of their own (only those are stitched), and what they hold."""
+        prefix = self.root / ".cache" / "verified" / remote.cache_name
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path_of(remote) if remote.local is None else remote.local, "rb") as fh:
+            data = fh.read(verdict.size)
+        if not prefix.is_file() or prefix.read_bytes() != data:
+            write_atomic(prefix, data, durable=False)
+        contents = probe(prefix)
+        frames = verdict.record.get("frames")
+        if contents.frames != frames:
+            raise ValueError(
+                f"its verified bytes hold {contents.frames} frames, its checkpoint {frames}"
+            )
+        return prefix, contents
+
+    def segment(
+        self, remote: listing.Remote, path: Path, contents: Contents, cut: bool | None = None
+    ) -> stitch.Segment:
         return stitch.Segment.from_contents(
             remote.name,
             path,
@@ -214,7 +342,7 @@ class Fetch:
             boot=remote.boot,
             seq=remote.seq,
             legacy_fps=self.args.legacy_fps if remote.legacy else None,
-            cut=remote.kind == listing.UNFINISHED,
+            cut=remote.kind == listing.UNFINISHED if cut is None else cut,
         )
 
     def segments(self, outcomes: list[Outcome]) -> list[stitch.Segment]:
@@ -225,6 +353,17 @@ class Fetch:
             if not outcome.ok:
                 self.problem(f"{outcome.remote.name}: {outcome.error}; not stitched")
                 continue
+            verdict = self.settle(outcome.remote, outcome.path)
+            if not self.wanted(outcome.remote):
+                continue
+            if verdict.status == verify.CHECKPOINT and verdict.record is not None:
+                try:
+                    prefix, contents = self.verified_prefix(outcome.remote, verdict)
+                except (ValueError, OSError) as exc:
+                    self.problem(f"{outcome.remote.name}: {exc}; not stitched")
+                    continue
+                found.append(self.segment(outcome.remote, prefix, contents, cut=False))
+                continue
             contents = outcome.contents
             if contents.from_metadata:
                 try:
@@ -232,7 +371,8 @@ class Fetch:
                 except ValueError as exc:
                     self.problem(f"{outcome.remote.name}: {exc}; not stitched")
                     continue
-                self.cache.record(outcome.remote, contents)
+                if outcome.remote.local is None:
+                    self.cache.record(outcome.remote, contents)
             found.append(self.segment(outcome.remote, outcome.path, contents))
         return found
 
@@ -291,11 +431,18 @@ class Fetch:
         """
         if not all(r.contents and not r.legacy for r in remotes):
             return None
-        runs, splits = self.plan([self.segment(r, self.cache.path(r), r.contents) for r in remotes])
+        remotes = [r for r in remotes if self.wanted(r)]
+        if not remotes:
+            return None
+        runs, splits = self.plan([self.segment(r, self.path_of(r), r.contents) for r in remotes])
 
         def ready(segment: stitch.Segment) -> None:
-            if not batch.outcome(segment.name).ok:
+            outcome = batch.outcome(segment.name)
+            if not outcome.ok:
                 raise _NotDownloaded(segment.name)
+            self.settle(outcome.remote, outcome.path)
+            if not self.wanted(outcome.remote):
+                raise _NotDownloaded(segment.name)  # altered: planned again without it
 
         try:
             states = [self.stitch_run(run, record, ready) for run in runs]
@@ -311,10 +458,13 @@ class Fetch:
         cached = sum(o.status == "cached" for o in outcomes)
         resumed = sum(o.status == "resumed" for o in outcomes)
         failed = sum(not o.ok for o in outcomes)
+        on_card = sum(o.status == "card" for o in outcomes)
         self.say(
             f"{device}: {len(remotes)} segment(s) in range, {len(runs)} file(s); downloaded "
-            f"{len(outcomes) - cached - failed} ({resumed} resumed, {_mb(fetched)}), "
-            f"{cached} already here" + (f", {failed} FAILED" if failed else "")
+            f"{len(outcomes) - cached - failed - on_card} ({resumed} resumed, {_mb(fetched)}), "
+            f"{cached} already here"
+            + (f", {on_card} read off the card" if on_card else "")
+            + (f", {failed} FAILED" if failed else "")
         )
         unhashed = sum(r.md5 is None and r.kind == listing.WHOLE for r in remotes)
         if unhashed:
@@ -324,7 +474,7 @@ class Fetch:
             self.say(f"  {live} sent live and finished: checked against their closing records")
         kept = {o.remote.name: o.contents for o in outcomes if o.ok}
         for remote in remotes:
-            if remote.kind == listing.UNFINISHED:
+            if remote.kind == listing.UNFINISHED and not self.keyed(device):
                 contents = kept.get(remote.name)
                 held = f"{contents.frames} whole frames kept" if contents else "nothing usable"
                 self.say(
@@ -379,23 +529,46 @@ class Fetch:
         except ValueError as exc:
             print(f"hatcam fetch: {exc}", file=self.err)
             return EXIT_USAGE
+        card_root = None
+        if self.args.from_card is not None:
+            card_root = card.spool_root(self.args.from_card)
+            if card_root is None:
+                print(
+                    f"hatcam fetch: --from-card: {self.args.from_card} holds no hatcam spool "
+                    "(no ready/, recording/ or kept/ folder)",
+                    file=self.err,
+                )
+                return EXIT_USAGE
+        cloud = self.settings is not None and self.settings.has_blob_credential
+        if self.args.delete_after and not cloud:
+            print("hatcam fetch: --delete-after needs the cloud's settings", file=self.err)
+            return EXIT_USAGE
         if self.args.delete_after and (message := self.delete_right_missing()):
             print(f"hatcam fetch: {message}", file=self.err)
             return EXIT_USAGE
-        self.client = container_client(self.settings, retries=4, read_timeout=120)
-        where = describe(self.client)
         span = f"{_local(since) if since else 'the beginning'} to {_local(until)}"
-        self.say(f"fetching from {where}, {span}")
+        chosen: dict[str, list[listing.Remote]] = {}
         notes: list[str] = []
-        try:
-            chosen = listing.select(self.client, self.args.device, since, until, zone, notes)
-        except HttpResponseError as exc:
-            print(f"hatcam fetch: listing {where} failed: {explain(exc, 'listing', 'l', 'rl')}")
-            return EXIT_FAILED
+        where = "nowhere"
+        if cloud:
+            self.client = container_client(self.settings, retries=4, read_timeout=120)
+            where = describe(self.client)
+            self.say(f"fetching from {where}, {span}")
+            try:
+                chosen = listing.select(self.client, self.args.device, since, until, zone, notes)
+            except HttpResponseError as exc:
+                print(f"hatcam fetch: listing {where} failed: {explain(exc, 'listing', 'l', 'rl')}")
+                return EXIT_FAILED
+        if card_root is not None:
+            self.say(f"reading the card at {card_root}, {span}")
+            on_card = card.list_card(card_root, self.args.device, since, until)
+            chosen = self.merge(chosen, on_card)
         for note in notes:
             self.problem(note)
-        remotes = [r for device in chosen.values() for r in device]
-        if not remotes and not notes:
+        for device, in_range in chosen.items():
+            self.judge(device, in_range)
+        remotes = [r for device in chosen.values() for r in device if self.wanted(r)]
+        if not any(chosen.values()) and not notes:
             self.say(f"no footage in range for {', '.join(chosen) or 'any device'}")
             return EXIT_OK
         self.root.mkdir(parents=True, exist_ok=True)
@@ -428,9 +601,12 @@ class Fetch:
             if not in_range:
                 self.say(f"{device}: no footage in range")
                 continue
-            results = by_device[device]
+            results = by_device.get(device, [])
+            for outcome in results:
+                if outcome.ok:
+                    self.settle(outcome.remote, outcome.path)
             for remote in in_range:
-                if remote.added:
+                if remote.added and self.verdicts[remote.name].status != verify.ALTERED:
                     self.problem(
                         f"{remote.name}: {remote.added} bytes added after the device "
                         "finished it; left out"
@@ -443,18 +619,19 @@ class Fetch:
             else:
                 runs, splits, states = done
             self.report_device(device, in_range, results, runs, splits, states)
+            self.prove(device, in_range, runs, states)
             if self.args.delete_after:
                 for run, state in zip(runs, states, strict=True):
                     if state is None:
                         continue
                     # An unfinished segment stays: it may still grow, and its closing
                     # record may yet come. A finished one goes with its closing record.
-                    kind = {r.name: r.kind for r in in_range}
+                    kind = {r.name: r for r in in_range}
                     for blob in run.names:
-                        if kind[blob] == listing.UNFINISHED:
+                        if kind[blob].kind == listing.UNFINISHED or kind[blob].local:
                             continue
                         deletable.append(blob)
-                        if kind[blob] == listing.LIVE:
+                        if kind[blob].kind == listing.LIVE:
                             deletable.append(blob + listing.END_SUFFIX)
         self.cache.save()
         if self.args.delete_after:
@@ -476,6 +653,151 @@ class Fetch:
             return EXIT_FAILED
         return EXIT_OK
 
+    def merge(self, cloud: dict, on_card: dict) -> dict:
+        """The cloud's and the card's segments, each once (same file name: same segment),
+        the copy that proves more preferred: the card's when it verifies at least as far
+        as the cloud's record promises (it needs no download)."""
+        merged = {device: list(remotes) for device, remotes in cloud.items()}
+        for device, remotes in on_card.items():
+            have = {r.filename: i for i, r in enumerate(merged.setdefault(device, []))}
+            probe_card, probe_cloud = Fetch(None, self.args, ring=self.ring), None
+            probe_card.judge(device, remotes)
+            for remote in remotes:
+                rank = verify.RANK.get(probe_card.settle(remote, remote.local).status, 0)
+                at = have.get(remote.filename)
+                if at is None:
+                    merged[device].append(remote)
+                    continue
+                other = merged[device][at]
+                if probe_cloud is None:
+                    probe_cloud = Fetch(None, self.args, ring=self.ring)
+                    probe_cloud.judge(device, [r for r in merged[device] if not r.local])
+                promised = probe_cloud.verdicts[other.name].status
+                if other.kind == listing.UNFINISHED and promised == verify.CHECKPOINT:
+                    promised_rank = verify.RANK[verify.CHECKPOINT]
+                else:
+                    promised_rank = verify.RANK.get(promised, 0)
+                if rank >= promised_rank:
+                    merged[device][at] = remote
+            merged[device].sort(key=lambda r: (r.start, r.boot or "", r.seq or 0))
+        return merged
 
-def run_fetch(settings, args) -> int:
-    return Fetch(settings, args).run()
+    def prove(self, device, in_range, runs, states) -> None:
+        """The verification summary on the console and a proof report beside each MP4."""
+        entries, records = [], []
+        for remote in in_range:
+            verdict = self.verdicts[remote.name]
+            if verdict.record is not None and verdict.status not in (
+                verify.BAD_SIGNATURE,
+                verify.NO_RECORD,
+            ):
+                records.append((remote.name, verdict.record))
+            entries.append((remote, verdict))
+        gaps = verify.chain(device, records) if self.keyed(device) else []
+        placed = {}
+        for run in runs:
+            first = 0
+            for item in run.items:
+                placed[item.segment.name] = (run, first, item.segment.frames, item.shift)
+                first += item.segment.frames
+        self.summarize(device, entries, gaps, placed)
+        for run, state in zip(runs, states, strict=True):
+            if state is None:
+                continue
+            mine = [
+                report.Entry(
+                    r.name,
+                    "card" if r.local else "cloud",
+                    v,
+                    placed[r.name][1:] if placed.get(r.name, (None,))[0] is run else None,
+                )
+                for r, v in entries
+                if placed.get(r.name, (None,))[0] is run
+                or (r.name not in placed and run.start <= r.start <= run.end)
+            ]
+            mine.sort(key=lambda e: e.placement is None)
+            inside = [g for g in gaps if run.start <= g.end and g.start <= run.end]
+            report.write(
+                self.root / run.filename,
+                report.build(self.root / run.filename, device, self.ring, mine, inside),
+            )
+
+    def summarize(self, device, entries, gaps, placed) -> None:
+        if not self.keyed(device):
+            if device != listing.LEGACY_DEVICE:
+                self.say(f"  unverified: no key registered for {device} (see --keys)")
+            return
+        ranges, current = [], None
+        for remote, verdict in entries:
+            good = verdict.status in (verify.VERIFIED, verify.CHECKPOINT) and remote.name in placed
+            broken = any(g.before == remote.name for g in gaps)
+            if good and current is not None and not broken:
+                current[1], current[2] = remote, current[2] + 1
+            elif good:
+                current = [remote, remote, 1]
+                ranges.append(current)
+            else:
+                current = None
+        for first, last, count in ranges:
+            end = self.remotes[last.name].end or last.start
+            self.say(
+                f"  verified: {_local(first.start)} to {_local(end, with_date=False)}, "
+                f"{count} segment(s), signed by {device}'s key"
+            )
+        for gap in gaps:
+            line = (
+                f"MISSING: {device}: segment(s) between {gap.after} and {gap.before}: "
+                f"{_local(gap.start)} to {_local(gap.end, with_date=False)} "
+                f"({_span(gap.seconds)}) lost (a break in the chain of records)"
+            )
+            self.say(f"  {line}")
+            self.problem(line)
+        words = {
+            verify.ALTERED: "ALTERED",
+            verify.BAD_SIGNATURE: "BAD SIGNATURE",
+            verify.NO_RECORD: "NO VALID RECORD",
+        }
+        pre_key = 0
+        for remote, verdict in entries:
+            if verdict.status == verify.CHECKPOINT and verdict.record is not None:
+                self.say(
+                    f"  unfinished: {remote.name}: verified up to its last checkpoint "
+                    f"({verdict.record.get('frames')} frames, {verdict.size} bytes)"
+                )
+            elif verdict.status == verify.UNVERIFIED:
+                pre_key += 1
+            elif verdict.status in words:
+                fate = "stitched (--include-unverified)" if remote.name in placed else "left out"
+                line = f"{words[verdict.status]}: {remote.name}: {verdict.problem}; {fate}"
+                self.say(f"  {line}")
+                self.problem(line)
+            if verdict.appended:
+                self.say(
+                    f"  appended: {remote.name}: {verdict.appended} bytes after the device's; "
+                    "cut off"
+                )
+        if pre_key:
+            self.say(f"  unverified: {pre_key} segment(s) from before {device} had a key")
+
+
+def load_keys(args, keys_dir: str | None) -> proof.KeyRing:
+    """The key ring from --keys, else HATCAM_KEYS_DIR; raises ValueError naming the option."""
+    where, name = (args.keys, "--keys") if args.keys else (keys_dir, "HATCAM_KEYS_DIR")
+    if not where:
+        return proof.KeyRing()
+    path = Path(where)
+    if not path.exists():
+        raise ValueError(f"{name}: {path} does not exist")
+    try:
+        return proof.KeyRing.load(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def run_fetch(settings, args, keys_dir: str | None = None) -> int:
+    try:
+        ring = load_keys(args, keys_dir)
+    except ValueError as exc:
+        print(f"hatcam fetch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return Fetch(settings, args, ring=ring).run()

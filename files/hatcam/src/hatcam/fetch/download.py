@@ -47,7 +47,7 @@ READ_SIZE = 1 << 20
 class Outcome:
     remote: Remote
     path: Path
-    status: str  # cached, downloaded, resumed, failed
+    status: str  # cached, downloaded, resumed, failed, card (read off a mounted card)
     fetched: int = 0  # bytes transferred by this run
     contents: Contents | None = None  # what ``inspect`` said about the file
     error: str | None = None
@@ -140,6 +140,9 @@ class Downloader:
         (then Batch.close) keeps the .part files for the next run to resume."""
         cached, todo = [], []
         for remote in remotes:
+            if remote.local is not None:  # on a mounted card: read where it is
+                cached.append(self._local(remote))
+                continue
             contents = self.cache.known_good(remote)
             if contents is not None:
                 cached.append(Outcome(remote, self.cache.path(remote), "cached", contents=contents))
@@ -147,6 +150,13 @@ class Downloader:
                 todo.append(remote)
         self.progress.start(sum(r.size for r in todo), len(todo), len(cached))
         return Batch(self, remotes, cached, todo)
+
+    def _local(self, remote: Remote) -> Outcome:
+        try:
+            contents = self.inspect(remote, remote.local)
+        except (ValueError, OSError) as exc:
+            return Outcome(remote, remote.local, "failed", error=str(exc))
+        return Outcome(remote, remote.local, "card", contents=contents)
 
     def fetch(self, remote: Remote) -> Outcome:
         final = self.cache.path(remote)

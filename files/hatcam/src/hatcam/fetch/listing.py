@@ -17,9 +17,11 @@ killed, or is still recording); nothing can verify it.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from pathlib import Path
 
 from azure.storage.blob import BlobPrefix
 
@@ -64,6 +66,11 @@ class Remote:
     record: SegmentRecord | None = field(default=None, compare=False)
     kind: str = WHOLE  # WHOLE, LIVE (append blob + closing record) or UNFINISHED
     stored: int | None = None  # the blob's own size, when it differs from ``size``
+    # The device's signed record of the segment (hatcam.proof), read from the metadata
+    # even when the rest of it is incomplete; None when there is none.
+    proof: dict | None = field(default=None, compare=False)
+    # A copy already on this computer (a segment on a mounted SD card): not downloaded.
+    local: Path | None = field(default=None, compare=False)
 
     @property
     def append(self) -> bool:
@@ -71,8 +78,14 @@ class Remote:
 
     @property
     def added(self) -> int:
-        """Bytes appended to a finished live segment after the device finished it."""
-        return max(0, (self.stored or 0) - self.size) if self.kind == LIVE else 0
+        """Bytes appended after the device finished the segment (a finished live blob past
+        its closing record's length, or any blob past its signed record's size)."""
+        return max(0, (self.stored or 0) - self.size) if self.kind != UNFINISHED else 0
+
+    @property
+    def filename(self) -> str:
+        """The segment's own file name: the same on the card and in the cloud."""
+        return self.name.rpartition("/")[2]
 
     @property
     def legacy(self) -> bool:
@@ -137,6 +150,23 @@ def _recorded(meta: dict) -> SegmentRecord | None:
     return None if record is None or record.damaged else record
 
 
+def proof_of(meta: dict) -> dict | None:
+    """The signed record a blob's metadata (or a closing record's) carries, if any."""
+    value = (meta or {}).get("proof")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def _signed_size(proof: dict | None, stored: int) -> int | None:
+    """The bytes a signed record covers when the blob holds more (appended after)."""
+    size = proof.get("size") if proof else None
+    return size if isinstance(size, int) and 0 < size < stored else None
+
+
 def _is_append(props) -> bool:
     kind = getattr(props, "blob_type", None)
     return str(getattr(kind, "value", kind)) == "AppendBlob"
@@ -150,6 +180,7 @@ class Closing:
     md5: bytes
     record: SegmentRecord | None  # None when incomplete: then the file is inspected
     end: datetime | None
+    proof: dict | None = None  # the device's signed record, when the closing record has one
 
     @classmethod
     def parse(cls, meta: dict[str, str]) -> Closing | None:
@@ -158,14 +189,16 @@ class Closing:
         full = ClosingRecord.from_metadata(meta)
         if full is not None:
             record = None if full.record.damaged else full.record
-            return cls(full.length, bytes.fromhex(full.md5), record, full.record.end)
+            return cls(
+                full.length, bytes.fromhex(full.md5), record, full.record.end, proof_of(meta)
+            )
         try:
             length, md5 = int(meta["length"]), bytes.fromhex(meta["md5"])
         except (KeyError, ValueError, TypeError):
             return None
         if length < 0 or len(md5) != 16:
             return None
-        return cls(length, md5, _recorded(meta), blob_end(meta))
+        return cls(length, md5, _recorded(meta), blob_end(meta), proof_of(meta))
 
 
 def _segment(props, closing: Closing | None = None) -> Remote | None:
@@ -176,15 +209,19 @@ def _segment(props, closing: Closing | None = None) -> Remote | None:
     meta = props.metadata or {}
     common = {"boot": name.boot, "seq": name.seq}
     if not _is_append(props):
+        proof = proof_of(meta)
+        signed = _signed_size(proof, props.size)
         return Remote(
             props.name,
             device,
             name.start,
-            props.size,
-            _md5(props),
+            signed or props.size,
+            None if signed else _md5(props),  # the whole blob's MD5 no longer applies
             props.etag,
             blob_end(meta),
             record=_recorded(meta),
+            stored=props.size if signed else None,
+            proof=proof,
             **common,
         )
     if closing is not None:  # finished live: only the device's bytes, checked by its MD5
@@ -199,6 +236,7 @@ def _segment(props, closing: Closing | None = None) -> Remote | None:
             record=closing.record,
             kind=LIVE,
             stored=props.size,
+            proof=closing.proof,
             **common,
         )
     # Unfinished: every whole TS packet there is, and the header of a packet cut off
