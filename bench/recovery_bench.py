@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recovery point after destruction: whole-segment mode (sp=c) beside live mode (sp=ca).
+"""Recovery point after destruction: whole segments (sp=c), live (sp=ca), and live signed.
 
     python -m bench.recovery_bench [--quick] [--json] [--kills N]   (from the repository root)
 
@@ -14,7 +14,10 @@ every picture, read back from the decoded MP4): frame n is paced at n/30 s after
 and frame 0 is the first frame of the first segment, whose name carries its wall-clock
 start (ms). A camera that fell behind its pace makes the figure larger, never smaller.
 
-The two modes take turns, who goes first alternating. Also per mode: request body bytes
+"signed" is live mode with a device key (a signed checkpoint inside each segment at
+every sync) fetched with `--keys`: only what verifies is stitched, so it shows whether
+verification takes any of the recovered seconds back. The modes take turns, who goes
+first alternating. Also per mode: request body bytes
 sent / footage bytes the camera wrote, requests per minute (and what they cost per day
 at the write price below), the uploader's CPU and peak RSS (from /proc, just before the
 kill). Starts its own Azurite; work files go to bench/work/recovery.
@@ -53,7 +56,10 @@ SEGMENT_S = 10.0
 # stored copy of azure.microsoft.com/pricing/details/storage/blobs): check it there.
 WRITE_USD_PER_10K = 0.065
 WRITE_PRICE_NOTE = "USD 0.065 per 10,000 write operations, Hot LRS (assumed list price)"
-MODES = {"whole": "c", "live": "ca"}
+MODES = {"whole": "c", "live": "ca", "signed": "ca"}
+# "signed": live upload by a camera holding a device key (checkpoints in each segment),
+# fetched with the device's public key: the recovery point through verified fetch.
+SIGNED = {"signed"}
 
 
 def frame_counters(path: Path) -> list[int]:
@@ -98,6 +104,14 @@ def one_kill(azurite: Azurite, proxy: HttpProxy, mode: str, index: int, quick: b
         HATCAM_DEVICE=device,
         HATCAM_BLOB_SAS_URL=sas,
     )
+    keys = WORK / f"{mode}{index}-keys"
+    if mode in SIGNED:
+        from hatcam.proof import DeviceKey
+
+        keys.mkdir()
+        key = DeviceKey.generate(WORK / f"{mode}{index}.key")
+        (keys / f"{device}.pub").write_text(key.public_line(device) + "\n")
+        settings["HATCAM_DEVICE_KEY"] = WORK / f"{mode}{index}.key"
     with proxy.lock:
         proxy.exchanges.clear()
     log = WORK / f"{mode}{index}.log"
@@ -147,7 +161,8 @@ def one_kill(azurite: Azurite, proxy: HttpProxy, mode: str, index: int, quick: b
     )
     fetch = subprocess.run(
         [PYTHON, "-m", "hatcam.cli", "--env-file", str(env_file), "fetch"]
-        + ["--device", device, "--out", str(out)],
+        + ["--device", device, "--out", str(out)]
+        + (["--keys", str(keys)] if mode in SIGNED else []),
         env=daemon_env(),
         capture_output=True,
         text=True,
