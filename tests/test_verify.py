@@ -19,7 +19,7 @@ import pytest
 
 from hatcam import proof
 from hatcam.fetch import stitch
-from hatcam.segment import SegmentName, iso, probe
+from hatcam.segment import Contents, SegmentName, iso, probe
 
 from tests.support.footage import record
 
@@ -283,3 +283,70 @@ def test_a_report_that_cannot_be_read_is_a_clear_error_not_a_verdict(case):
     (where / "cam1.mp4.proof.json").write_text("{not json")
     status, lines = verify(where)
     assert status == 2 and lines == [lines[0]] and "not readable as JSON" in lines[0]
+
+
+def test_a_segment_cut_short_verifies_up_to_its_last_checkpoint(made, tmp_path):
+    """The device destroyed while recording: the open segment never got its record, only
+    checkpoints; the MP4 holds its frames up to the last one, and they verify."""
+    base, paths, records, key = made
+    cut, kept = paths[3], 17  # the checkpoint covers the first 17 frames
+    digest, pts = proof.FrameDigest(), []
+    with av.open(str(cut), format="mpegts") as container:
+        for packet in container.demux(video=0):
+            if packet.size and len(pts) < kept:
+                digest.add_annexb(bytes(packet))
+                pts.append(packet.pts)
+            elif packet.size and len(pts) == kept:
+                pts.append(packet.pts)  # one more, for the MP4 that holds it
+    checkpoint = key.sign(
+        {
+            **{k: v for k, v in records[3].items() if k not in ("v", "key", "sig")},
+            "kind": "checkpoint",
+            "frames": kept,
+            "last_pts": pts[kept - 1],
+            "frames_sha256": digest.hexdigest(),
+        }
+    )
+
+    def stitched(frames_of_cut: int) -> None:
+        """The MP4 with the cut segment's first ``frames_of_cut`` frames, and the report."""
+        segments = []
+        for path in paths:
+            name = SegmentName.parse(path.name)
+            contents = probe(path)
+            if path == cut:
+                contents = Contents(frames_of_cut, pts[0], pts[frames_of_cut - 1], 320, 240)
+            segments.append(
+                stitch.Segment.from_contents(
+                    path.name,
+                    path,
+                    DEVICE,
+                    name.start,
+                    contents,
+                    boot=name.boot,
+                    seq=name.seq,
+                    cut=path == cut,
+                )
+            )
+        [run], _ = stitch.plan(segments, stitch.default_max_gap(segments))
+        stitch.write(run, tmp_path / "cam1.mp4")
+        entries = [
+            {"record": r, "mp4": {"first_sample": 30 * i, "samples": r["frames"]}}
+            for i, r in enumerate([*records[:3], checkpoint])
+        ]
+        (tmp_path / "cam1.mp4.proof.json").write_text(json.dumps({"segments": entries}))
+
+    shutil.copy(base / "cam1.pub", tmp_path / "cam1.pub")
+    stitched(kept)
+    status, lines = verify(tmp_path)
+    assert status == 0, lines
+    assert lines[-1].startswith(f"OK: all {90 + kept} frames"), lines
+    assert len(lines) == 2 and f"4 segment(s), {90 + kept} frames" in lines[0], lines
+
+    # One frame more in the MP4 than the checkpoint covers: that frame is not verified.
+    stitched(kept + 1)
+    status, lines = verify(tmp_path)
+    assert status == 1, lines
+    assert lines[-1] == (
+        f"REFUSED: MP4 samples {90 + kept}-{90 + kept} are covered by no validly signed record"
+    )
