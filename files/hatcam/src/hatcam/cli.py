@@ -1,5 +1,4 @@
-"""The ``hatcam`` command: camera, upload, status, check, keygen (device), fetch (laptop)
-and verify (anyone handed footage).
+"""The ``hatcam`` command: camera, upload, status, check (device) and fetch (laptop).
 
 It parses, then hands over to one wing, imported only then: ``hatcam camera``
 never loads fetch's code (nor rich), ``hatcam fetch`` never loads the device's.
@@ -92,6 +91,13 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    # Needs only the MP4, its report and the public key: no settings, no network.
+    from .verify import run
+
+    return run(args.mp4, args.report, args.key)
+
+
 def cmd_check(args) -> int:
     from .device.check import run_checks
 
@@ -112,34 +118,6 @@ def cmd_fetch(args) -> int:
     settings = config.load_blob(args.env_file)
     settings.require_blob("rl" + ("d" if options.delete_after else ""))
     return command.run_fetch(settings, options)
-
-
-def cmd_keygen(args) -> int:
-    """Make the device's signing key (never replacing one), or show its public key line."""
-    from pathlib import Path
-
-    from .proof import DeviceKey
-
-    if not config.valid_device(args.device):
-        print(f"hatcam keygen: --device: {args.device!r} is not a device name", file=sys.stderr)
-        return EXIT_CONFIG
-    path = Path(args.path)
-    try:
-        key = DeviceKey.load(path) if args.public else DeviceKey.generate(path)
-    except FileExistsError:
-        print(f"hatcam keygen: {path} exists: a key is never replaced", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"hatcam keygen: {path}: {exc}", file=sys.stderr)
-        return 1
-    print(key.public_line(args.device))
-    return 0
-
-
-def cmd_verify(args) -> int:
-    from .verify import run
-
-    return run(args.mp4, args.report, args.key)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,16 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch = sub.add_parser("fetch", help=FETCH_HELP, add_help=False)
     fetch.set_defaults(func=cmd_fetch)
-    keygen = sub.add_parser(
-        "keygen",
-        help="make the device's signing key (mode 0400, never replaced); print its public line",
-    )
-    keygen.add_argument("path", help="the key file, e.g. /etc/hatcam/device.key")
-    keygen.add_argument("--device", required=True, help="the device name the key signs for")
-    keygen.add_argument(
-        "--public", action="store_true", help="print an existing key's public line only"
-    )
-    keygen.set_defaults(func=cmd_keygen)
     verify = sub.add_parser(
         "verify",
         help="check an MP4 from fetch against the device's signed records (exit 0: all verified)",
