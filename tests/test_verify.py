@@ -278,6 +278,24 @@ def test_a_segment_left_out_of_the_mp4_is_reported_missing_with_its_time_and_acc
     assert [re.search(r"(\d+) segment", line)[1] for line in verified] == ["2", "1"], lines
 
 
+def test_another_cameras_genuine_footage_spliced_in_is_refused(case, tmp_path_factory):
+    """Signed, unaltered, but by another device: an MP4 is one camera's footage."""
+    where, paths, records, _ = case
+    other = proof.DeviceKey.generate(tmp_path_factory.mktemp("cam2") / "device.key")
+    (where / "cam2.pub").write_text(other.public_line("cam2") + "\n")
+    keys = where / "keys"
+    keys.mkdir()
+    for name in ("cam1.pub", "cam2.pub"):
+        shutil.copy(where / name, keys / name)
+    report = report_of(where)
+    theirs = {k: v for k, v in records[1].items() if k not in ("v", "key", "sig")}
+    report["segments"][1]["record"] = other.sign({**theirs, "device": "cam2"})
+    write_report(where, report)
+    status, lines = verify(where, key=keys)
+    assert status == 1, lines
+    assert lines[-1] == "REFUSED: frames of several devices in one MP4: cam1, cam2"
+
+
 def test_a_report_that_cannot_be_read_is_a_clear_error_not_a_verdict(case):
     where, *_ = case
     (where / "cam1.mp4.proof.json").write_text("{not json")

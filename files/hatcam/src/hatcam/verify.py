@@ -60,11 +60,14 @@ class Item:
     first: int | None = None
     count: int | None = None
     problem: str | None = None  # why the record is not trusted
+    name: str = ""  # the report's name for it: not signed, only to say which entry
 
     @property
     def label(self) -> str:
         r = self.record
         kind = "checkpoint of " if r.get("kind") == "checkpoint" else ""
+        if not r:
+            return f"segment {self.name.rsplit('/', 1)[-1] or '?'} (no record)"
         return f"{kind}segment {r.get('name') or '?'} (seq {r.get('seq')}, boot {r.get('boot')})"
 
     @property
@@ -135,6 +138,8 @@ def read_report(path: Path) -> list[Item]:
     for index, entry in enumerate(entries):
         record = entry.get("record") if isinstance(entry, dict) else None
         item = Item(index, record if isinstance(record, dict) else {})
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            item.name = entry["name"]
         mp4 = entry.get("mp4") if isinstance(entry, dict) else None
         if isinstance(mp4, dict):
             first, count = mp4.get("first_sample"), mp4.get("samples")
@@ -180,7 +185,8 @@ def _missing(after: dict, before: dict, why: str) -> str:
     if end < start:  # the device's clock was set back (a Pi has no real-time clock)
         return f"missing   after {after['end']} and before {before['start']}: {why}"
     seconds = (end - start).total_seconds()
-    return f"missing   {after['end']} .. {before['start']} ({seconds:.1f} s): {why}"
+    span = _span({"start": after["end"]}, {"end": before["start"]})
+    return f"missing   {span} ({seconds:.1f} s): {why}"
 
 
 def check_frames(item: Item, mp4: Mp4) -> str | None:
@@ -222,9 +228,6 @@ def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
     valid = [i for i in items if not i.problem]
     for stream in mp4.other_streams:
         out.problems.append(f"the MP4 holds a {stream}: the camera records one video stream")
-    devices = sorted({i.record["device"] for i in valid})
-    if len(devices) > 1:
-        out.problems.append(f"records of several devices in one MP4: {', '.join(devices)}")
     seen: dict[str, Item] = {}
     for item in valid:
         digest = proof.record_hash(item.record)
@@ -234,6 +237,9 @@ def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
 
     # The samples: each once, in the records' order, each record's own.
     mapped = sorted((i for i in valid if i.mapped), key=lambda i: i.first)
+    devices = sorted({i.record["device"] for i in mapped})
+    if len(devices) > 1:
+        out.problems.append(f"frames of several devices in one MP4: {', '.join(devices)}")
     claims = sorted((i for i in items if i.problem and i.mapped), key=lambda i: i.first)
     at = 0
     for item in [*mapped, None]:
@@ -278,6 +284,8 @@ def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
 
     for prev, item in zip([None, *mapped], mapped, strict=False):
         linked = prev is not None and item.record["prev"] == proof.record_hash(prev.record)
+        if linked and item.first != prev.first + prev.count:
+            close_run()  # samples between them that no record covers (refused above)
         if prev is not None and not linked:
             close_run()
             left_out, cursor = [], after.get(proof.record_hash(prev.record))
@@ -300,7 +308,9 @@ def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
                     else "a break in the device's chain of records"
                 )
                 out.lines.append(_missing(prev.record, item.record, why))
-        same_boot = prev is not None and prev.record["boot"] == item.record["boot"]
+        same_boot = prev is not None and all(
+            prev.record[k] == item.record[k] for k in ("device", "boot")
+        )
         if same_boot and item.record["seq"] <= prev.record["seq"]:
             out.problems.append(f"{item.label}: placed after seq {prev.record['seq']}")
         run.append(item)
