@@ -3,10 +3,21 @@ file as a thief with root on the card would) listing, reading and deleting blobs
 fail; the account key is nowhere on the device's disk (everything the guest wrote: its
 overlay's upper layer); /etc/hatcam/hatcam.env is not readable by other users; no secret
 is in the journal or in `ps` output. Runs last, so the journal holds every fault's
-lines (the expired-SAS back-offs among them)."""
+lines (the expired-SAS back-offs among them).
+
+The device's signing key is on the card too, and a thief with root has it: from then on
+it signs records as that device that verify with the device's public key (the one the
+control machine keeps), and rotating the key does not undo that for the old one, which
+stays trusted for old footage. What the key and the credential together cannot do: sign
+as another device, or rewrite or remove what the device already signed and uploaded (the
+record, the blob, its closing record); bytes appended to a finished live blob lie outside
+the signed size and hash."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import subprocess
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,14 +25,34 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import ContainerClient
 
+from hatcam import proof
+from hatcam.segment import CLOSING_SUFFIX, LIVE_KEY
+
 from .lab import ENV_FILE
 
 
 def device_sas(lab) -> str:
+    return device_setting(lab, "HATCAM_BLOB_SAS_URL")
+
+
+def device_setting(lab, name: str) -> str:
     for line in lab.sh(f"cat {ENV_FILE}").splitlines():
-        if line.startswith("HATCAM_BLOB_SAS_URL="):
+        if line.startswith(f"{name}="):
             return line.split("=", 1)[1].strip("'\"")
-    raise AssertionError("no HATCAM_BLOB_SAS_URL in the device's settings")
+    raise AssertionError(f"no {name} in the device's settings")
+
+
+def stolen_key(lab) -> proof.DeviceKey:
+    """The device's signing key, read off the card as root (as a thief would)."""
+    path = device_setting(lab, "HATCAM_DEVICE_KEY")
+    return proof.DeviceKey(base64.b64decode(lab.sh(f"cat {path}").strip(), validate=True))
+
+
+def controller_ring(pi) -> proof.KeyRing:
+    """The public keys provisioning brought back beside the inventory (fetch's keys)."""
+    keys = pi.workdir / "keys"
+    assert sorted(p.name for p in keys.glob("*.pub")), f"no public key in {keys}"
+    return proof.KeyRing.load(keys)
 
 
 def secrets_of(pi, lab) -> dict[str, str]:
@@ -31,6 +62,7 @@ def secrets_of(pi, lab) -> dict[str, str]:
         "SAS signature": sig,
         "SAS signature (URL-encoded)": device_sas(lab).split("sig=")[1].split("&")[0],
         "Redis password": pi.svc["redis_password"],
+        "device signing key": lab.sh(f"cat {device_setting(lab, 'HATCAM_DEVICE_KEY')}").strip(),
     }
 
 
@@ -121,3 +153,94 @@ def test_no_secret_in_logs_or_process_list(pi, lab, where):
     found = [name for name, secret in secrets_of(pi, lab).items() if secret in text]
     assert found == [], f"{', '.join(found)} in the {where}"
     lab.note("stolen device", **{f"secrets in {where}": "none"})
+
+
+def test_the_stolen_key_signs_as_its_own_device_only(pi, lab, tmp_path):
+    thief = stolen_key(lab)
+    ring = controller_ring(pi)
+    assert ring.keys.get(thief.id, ("?",))[0] == pi.device, "the card's key is not the one kept"
+    fields = {"kind": "segment", "device": pi.device, "boot": "0badf00d", "seq": 999999}
+    fake = thief.sign({**fields, "frames_sha256": "00" * 32, "prev": ""})
+    # What theft means: the thief's fakes carry the device's valid signature from now on.
+    assert ring.problem(fake) is None
+    # ... but not another device's: a second hat cam's key is in the ring beside it.
+    other = proof.DeviceKey.generate(tmp_path / "other.key")
+    ring.add_line(other.public_line("hatcam-other"))
+    posing = thief.sign({**fields, "device": "hatcam-other"})
+    assert ring.problem(posing) == f"signed by {pi.device}'s key, but names device hatcam-other"
+    lab.note(
+        "stolen device",
+        stolen_key_signs_as_its_device="yes: its fakes verify (rotate the key; old key stays "
+        "trusted for old footage)",
+        stolen_key_signs_as_another_device="refused",
+    )
+
+
+def signed_blobs(pi) -> list[tuple[str, dict, str | None]]:
+    """(blob, its signed record, the closing record's name for a live blob) of every
+    finished segment whose record is signed."""
+    owner = pi.container()
+    listed = list(owner.list_blobs(name_starts_with=f"{pi.device}/", include=["metadata"]))
+    closing = {b.name: b for b in listed if b.name.endswith(CLOSING_SUFFIX)}
+    found = []
+    for blob in listed:
+        meta, end = blob.metadata or {}, None
+        if blob.name.endswith(CLOSING_SUFFIX):
+            continue
+        if meta.get(LIVE_KEY) == "true":
+            end = blob.name + CLOSING_SUFFIX
+            if end not in closing:
+                continue  # still open
+            meta = closing[end].metadata or {}
+        if meta.get("proof"):
+            found.append((blob.name, json.loads(meta["proof"]), end))
+    return found
+
+
+def test_what_the_device_signed_and_uploaded_cannot_be_rewritten_or_removed(pi, lab):
+    ring, thief_key = controller_ring(pi), stolen_key(lab)
+    owner = pi.container()
+    found = signed_blobs(pi)
+    assert found, "no uploaded segment carries a signed record"
+    name, signed, end = found[0]
+    assert ring.problem(signed) is None
+    original = owner.download_blob(name).readall()
+    assert hashlib.sha256(original[: signed["size"]]).hexdigest() == signed["sha256"]
+
+    thief = ContainerClient.from_container_url(device_sas(lab))
+    forged = thief_key.sign({**signed, "sha256": "00" * 32})  # a valid signature, new content
+    forged_meta = {"proof": json.dumps(forged, separators=(",", ":"))}
+    targets = [name] + ([end] if end else [])
+    attempts = {}
+    for target in targets:
+        client = thief.get_blob_client(target)
+        attempts[f"delete {target}"] = refused(lambda c=client: c.delete_blob())
+        attempts[f"replace {target}"] = refused(
+            lambda c=client: c.upload_blob(b"forged", overwrite=True, metadata=forged_meta)
+        )
+        attempts[f"rewrite the record of {target}"] = refused(
+            lambda c=client: c.set_blob_metadata(forged_meta)
+        )
+    assert all(status in (403, 409) for status in attempts.values()), attempts
+    after = signed_blobs(pi)
+    assert (name, signed, end) in after, "the signed record was changed or removed"
+
+    appended = None
+    if end:  # a live blob: create-and-append rights may add bytes at its end ...
+        appended = refused(lambda: thief.get_blob_client(name).append_block(b"\x47" * 188))
+        now = owner.download_blob(name).readall()
+        # ... which the record does not cover: the signed bytes are the same, the rest is not.
+        assert now[: signed["size"]] == original[: signed["size"]]
+        assert len(now) == len(original) + (188 if appended is None else 0)
+        assert hashlib.sha256(now[: signed["size"]]).hexdigest() == signed["sha256"]
+    lab.note(
+        "stolen device",
+        signed_blob_attempts={k.split(" ", 1)[0]: v for k, v in attempts.items()},
+        append_to_finished_live_blob=(
+            "n/a"
+            if end is None
+            else (
+                "accepted, outside the signed size" if appended is None else f"refused {appended}"
+            )
+        ),
+    )

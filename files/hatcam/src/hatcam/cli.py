@@ -91,6 +91,13 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    # Needs only the MP4, its report and the public key: no settings, no network.
+    from .verify import run
+
+    return run(args.mp4, args.report, args.key)
+
+
 def cmd_check(args) -> int:
     from .device.check import run_checks
 
@@ -180,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(func=cmd_keygen)
     fetch = sub.add_parser("fetch", help=FETCH_HELP, add_help=False)
     fetch.set_defaults(func=cmd_fetch)
+    verify = sub.add_parser(
+        "verify",
+        help="check an MP4 from fetch against the device's signed records (exit 0: all verified)",
+    )
+    verify.add_argument("mp4", help="the MP4 fetch wrote")
+    verify.add_argument("report", nargs="?", help="its report (default: MP4.proof.json)")
+    verify.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        help="the device's public key file, or a directory of *.pub (repeatable)",
+    )
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 
