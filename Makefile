@@ -68,7 +68,7 @@ provision: $(VENV)/bin/ansible-playbook ## configure a Pi: make provision HOST=h
 	@if [ -z "$(HOST)$(INVENTORY)" ]; then echo "usage: make provision HOST=hatcam.local | INVENTORY=inventory [ARGS='...']" >&2; exit 2; fi
 	@mkdir -p .cache && printf '[hatcams]\n%s\n' "$(HOST)" > .cache/provision-inventory
 	cd ansible && ansible-galaxy collection install -r requirements.yml >/dev/null
-	cd ansible && ansible-playbook provision.yml -i $(if $(INVENTORY),$(abspath $(INVENTORY)),$(CURDIR)/.cache/provision-inventory) $(ARGS)
+	cd ansible && ansible-playbook provision.yml -i $(if $(INVENTORY),$(abspath $(INVENTORY)),$(CURDIR)/.cache/provision-inventory) -e hatcam_device_keys_dir=$(CURDIR)/keys $(ARGS)
 
 # The operator's laptop needs only ansible-core to start: the downloader role builds the
 # fetch venv and writes the .env itself (no redis-server or Node.js).
