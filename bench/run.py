@@ -216,6 +216,15 @@ def rows(d: dict, f: dict) -> list[tuple[str, str, str, str, str]]:
             f"<= 1.2x, equal frames: "
             f"{verdict(fetch_ratio <= 1.2 and f['frames_hatcam'] == f['frames_baseline'])}",
         ),
+        (
+            f"fetch with verification (--keys: every segment checked against its signed "
+            f"record and the chain) beside the same fetch without, {f['segments']} segments "
+            f"(median of {f['rounds']} rounds: {f['verify_ratios']})",
+            f"{f['verified_fetch_s']:.2f} s ({f['frames_verified']} frames)",
+            f"{f['unverified_fetch_s']:.2f} s (unverified)",
+            f"{f['verify_ratio']:.2f}x",
+            f"<= 1.1x: {verdict(f['verify_ratio'] <= 1.1)}",
+        ),
         ("fetch again (nothing new)", f"{f['hatcam_fetch_again_s']:.2f} s", "-", "-", "-"),
         (
             f"camera daemon peak RSS, 720p30 synthetic, {mem['seconds']:.0f} s, stills ON "
