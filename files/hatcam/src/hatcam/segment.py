@@ -331,16 +331,18 @@ class SegmentRecord:
             data.get("md5"),
             flag("recovered"),
             flag("damaged"),
-            _proof(data.get("proof")),
+            proof_of(data),
         )
 
     def marked_damaged(self) -> SegmentRecord:
         return replace(self, damaged=True)
 
 
-def _proof(value) -> dict | None:
-    """The signed record as the sidecar (a dict) or blob metadata (JSON text) holds it;
-    None when absent or unreadable (fetch then reports the segment as unverified)."""
+def proof_of(fields: dict | None) -> dict | None:
+    """The signed record a sidecar (a dict), a blob's metadata or a closing record (JSON
+    text) carries; None when absent or unreadable (fetch then reports the segment as
+    unverified)."""
+    value = (fields or {}).get("proof")
     if isinstance(value, str):
         try:
             value = json.loads(value)

@@ -17,7 +17,6 @@ killed, or is still recording); nothing can verify it.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -32,6 +31,7 @@ from ..segment import (
     SegmentName,
     SegmentRecord,
     blob_end,
+    proof_of,
     segment_blob_of,
 )
 
@@ -148,17 +148,6 @@ def _recorded(meta: dict) -> SegmentRecord | None:
     """The device's own account of a segment, if it gave a complete and sane one."""
     record = SegmentRecord.from_blob_metadata(meta)
     return None if record is None or record.damaged else record
-
-
-def proof_of(meta: dict) -> dict | None:
-    """The signed record a blob's metadata (or a closing record's) carries, if any."""
-    value = (meta or {}).get("proof")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    return value if isinstance(value, dict) else None
 
 
 def _signed_size(proof: dict | None, stored: int) -> int | None:
