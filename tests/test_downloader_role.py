@@ -64,6 +64,7 @@ def converged(tmp_path_factory, azurite):
         "hatcam_downloader_env_file": str(home / "config" / "hatcam" / "fetch.env"),
         "hatcam_downloader_blob_connection_string": conn,
         "hatcam_downloader_blob_container": container,
+        "hatcam_downloader_keys_dir": str(home / "keys"),  # none yet: no device provisioned
     }
     started = time.monotonic()
     first = playbook("-e", write_vars(home / "vars.yml", **values))
