@@ -214,6 +214,19 @@ def only_mp4(out: Path) -> Path:
     return mp4
 
 
+def assert_samples_match_their_records(mp4, report) -> None:
+    """Each segment's samples in the MP4 hash to its signed frames digest: checkable from
+    the MP4 alone."""
+    with av.open(str(mp4)) as opened:
+        samples = [bytes(p) for p in opened.demux(video=0) if p.size]
+    for entry in report["segments"]:
+        at, count = entry["mp4"]["first_sample"], entry["mp4"]["samples"]
+        digest = proof.FrameDigest()
+        for sample in samples[at : at + count]:
+            digest.add_length_prefixed(sample)
+        assert digest.hexdigest() == entry["record"]["frames_sha256"]
+
+
 def proof_report(mp4: Path) -> dict:
     return json.loads(mp4.with_name(mp4.name + ".proof.json").read_text())
 
@@ -249,16 +262,7 @@ def test_verified_footage_stitches_with_a_report_that_places_every_signed_frame(
     report = proof_report(mp4)
     assert report["keys"] == [key["dev1"].public_line("dev1")]
     assert set(statuses(report).values()) == {"verified"} and report["gaps"] == []
-    # Each segment's samples in the MP4 hash to its signed frames digest: checkable
-    # from the MP4 alone.
-    with av.open(str(mp4)) as container_:
-        samples = [bytes(p) for p in container_.demux(video=0) if p.size]
-    for entry in report["segments"]:
-        at, count = entry["mp4"]["first_sample"], entry["mp4"]["samples"]
-        digest = proof.FrameDigest()
-        for sample in samples[at : at + count]:
-            digest.add_length_prefixed(sample)
-        assert digest.hexdigest() == entry["record"]["frames_sha256"]
+    assert_samples_match_their_records(mp4, report)
 
 
 def test_a_segment_deleted_from_the_container_shows_as_missing_with_its_time_range(
@@ -613,14 +617,7 @@ def test_segments_the_camera_daemon_signed_itself_verify(
     assert pictures(mp4) == device_pictures([p for p, _, _ in found])
     report = proof_report(mp4)
     assert set(statuses(report).values()) == {"verified"} and report["gaps"] == []
-    with av.open(str(mp4)) as opened:
-        samples = [bytes(p) for p in opened.demux(video=0) if p.size]
-    for entry in report["segments"]:
-        at, count = entry["mp4"]["first_sample"], entry["mp4"]["samples"]
-        digest = proof.FrameDigest()
-        for sample in samples[at : at + count]:
-            digest.add_length_prefixed(sample)
-        assert digest.hexdigest() == entry["record"]["frames_sha256"]
+    assert_samples_match_their_records(mp4, report)
 
 
 def test_a_card_whose_camera_died_mid_segment_verifies_to_the_daemons_last_checkpoint(
