@@ -1,0 +1,152 @@
+"""A faithful stand-in for a USB microphone, for tests, the demo and benchmarks.
+
+It delivers periods of signed 16-bit samples at its own sample clock, which runs at the
+nominal rate x (1 + ``rate_error``) as a real microphone's crystal does (off by up to ~0.1 %),
+each period handed over when its last sample is captured plus a scheduling delay (now and
+then a long one: a busy CPU), paced on a clock object: ``RealClock`` or ``SimClock`` (an hour
+in seconds). ``unplug()`` makes reads fail as PyAV's ALSA input does when a USB device
+vanishes (an av OSError with EIO) and opening fail until ``plug()``. It renders a quiet
+440 Hz tone and a short loud click exactly at each clap of the shared ``Scene``, in its own
+(drifting) sample clock.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import random
+import struct
+import threading
+import time
+
+import av
+
+from .scene import Scene
+
+PERIOD = 1024  # samples per read (an ALSA period)
+TONE_HZ = 440
+TONE_LEVEL = 0.05  # about -26 dBFS: a quiet room
+CLICK_LEVEL = 0.8
+CLICK_HZ = 2000  # within AAC-LC's band at 64 kbit/s, so the click survives encoding
+CLICK_SECONDS = 0.005
+
+
+class RealClock:
+    """The video clock of the synthetic camera in real time: monotonic microseconds."""
+
+    def now_us(self) -> float:
+        return time.monotonic_ns() / 1000
+
+    def sleep_until(self, us: float) -> None:
+        delay = (us - self.now_us()) / 1e6
+        if delay > 0:
+            time.sleep(delay)
+
+
+class SimClock:
+    """Simulated time: sleeping only moves the hands, so an hour of capture takes seconds."""
+
+    def __init__(self, start_us: float = 1_000_000.0):
+        self.now = start_us
+
+    def now_us(self) -> float:
+        return self.now
+
+    def sleep_until(self, us: float) -> None:
+        self.now = max(self.now, us)
+
+
+class SyntheticMicrophone:
+    def __init__(
+        self,
+        rate: int,
+        channels: int,
+        clock,
+        scene: Scene | None = None,
+        rate_error: float = 0.0,
+        period: int = PERIOD,
+        jitter_us: float = 2000.0,
+        stall_every: int = 200,
+        stall_us: float = 150_000.0,
+        seed: int = 1,
+    ):
+        self.rate, self.channels = rate, channels
+        self.clock = clock
+        self.scene = scene or Scene()
+        self.true_rate = rate * (1 + rate_error)
+        self.period = period
+        self.jitter_us, self.stall_every, self.stall_us = jitter_us, stall_every, stall_us
+        self._random = random.Random(seed)
+        self._plugged = threading.Event()
+        self._plugged.set()
+        self._open = False
+        self._start_us = 0.0
+        self._delivered = 0
+        # One second of tone (a whole number of cycles), interleaved: a read is a slice.
+        tone = [
+            round(TONE_LEVEL * 32767 * math.sin(2 * math.pi * TONE_HZ * i / rate))
+            for i in range(rate)
+        ]
+        self._tone = struct.pack(f"<{rate * channels}h", *(s for s in tone for _ in range(channels)))
+        click = [
+            round(CLICK_LEVEL * 32767 * math.cos(2 * math.pi * CLICK_HZ * i / rate))
+            for i in range(round(CLICK_SECONDS * rate))
+        ]
+        self._click = click
+
+    # The microphone's cable.
+    def unplug(self) -> None:
+        self._plugged.clear()
+
+    def plug(self) -> None:
+        self._plugged.set()
+
+    def captured_at(self, index: int) -> float:
+        """When sample ``index`` (since open) was captured, on the video clock."""
+        return self._start_us + index * 1e6 / self.true_rate
+
+    def open(self) -> None:
+        if not self._plugged.is_set():
+            raise av.error.OSError(errno.EIO, "Input/output error", "synthetic")
+        self._open = True
+        self._start_us = self.clock.now_us()
+        self._delivered = 0
+
+    def read(self) -> bytes:
+        if not self._open:
+            raise av.error.OSError(errno.EIO, "Input/output error", "synthetic")
+        first, end = self._delivered, self._delivered + self.period
+        due = self.captured_at(end)
+        delay = self._random.uniform(0, self.jitter_us)
+        if self.stall_every and self._random.randrange(self.stall_every) == 0:
+            delay += self.stall_us
+        self.clock.sleep_until(due + delay)
+        if not self._plugged.is_set():
+            self._open = False
+            raise av.error.OSError(errno.EIO, "Input/output error", "synthetic")
+        self._delivered = end
+        return self._render(first, end)
+
+    def _render(self, first: int, end: int) -> bytes:
+        width = 2 * self.channels
+        at = first % self.rate
+        if at + (end - first) <= self.rate:
+            data = bytearray(self._tone[at * width : (at + end - first) * width])
+        else:
+            rest = end - first - (self.rate - at)  # wraps around the second
+            data = bytearray(self._tone[at * width :] + self._tone[: rest * width])
+        for clap in self.scene.claps_between(
+            self.captured_at(first - len(self._click)), self.captured_at(end)
+        ):
+            index = math.ceil((clap - self._start_us) * self.true_rate / 1e6)
+            for k, value in enumerate(self._click):
+                if first <= index + k < end:
+                    for c in range(self.channels):
+                        struct.pack_into("<h", data, ((index + k - first) * self.channels + c) * 2, value)
+        return bytes(data)
+
+    def close(self) -> None:
+        self._open = False
+
+    def __str__(self) -> str:
+        return "synthetic"
