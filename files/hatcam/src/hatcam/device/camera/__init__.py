@@ -106,6 +106,10 @@ class Camera(Protocol):
     @property
     def failed(self) -> BaseException | None: ...
 
+    # Now on the frames' clock in microseconds (audio is stamped on it), or None while
+    # there is none (before picamera2's first frame; the synthetic camera's fast mode).
+    def clock_us(self) -> float | None: ...
+
     # What records the video: {"backend": ..., "encoder": ..., optional "warning": ...}.
     info: dict[str, str]
 

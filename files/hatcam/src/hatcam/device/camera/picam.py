@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 
 import simplejpeg  # a dependency of picamera2 in every version
 from picamera2 import Picamera2
@@ -123,6 +124,18 @@ class PiCamera:
             from libcamera import controls
 
             self.picam2.set_controls({"AfMode": controls.AfModeEnum.Continuous})
+
+    def clock_us(self) -> float | None:
+        """Now on the frames' clock (microseconds), None before the first frame.
+
+        picamera2 stamps a frame with its SensorTimestamp minus the first frame's
+        (Encoder._timestamp, encoder.firsttimestamp, in us); libcamera defines
+        SensorTimestamp on CLOCK_BOOTTIME (control_ids_core.yaml), so now is BOOTTIME
+        minus that first timestamp. It counts through a suspend, as the frames do."""
+        first = getattr(self.encoder, "firsttimestamp", None)
+        if first is None:
+            return None
+        return time.clock_gettime_ns(time.CLOCK_BOOTTIME) / 1000 - first
 
     @property
     def failed(self) -> BaseException | None:

@@ -15,6 +15,13 @@ libcamera loses it: counted in ``frames_dropped``, its timestamp skipped, so the
 video shows the hole. In fast mode the sensor waits for a buffer instead.
 ``stall()`` (or SIGUSR1 to the daemon) hangs the encoder thread without an
 exception, as picamera2's lock-ups look (picamera2 #1090).
+
+The test signal for sound: once a second (every ``fps``-th frame) the frame is marked, a
+block of saturated colour in the bottom-left corner (nothing else in the pattern has any
+colour), and its capture time is registered in ``scene`` before it is due, so the
+synthetic microphone clicks at that instant: sync is measured from the files alone.
+``clock_us()`` is now on the frames' clock: the monotonic clock in real time; in fast mode
+there is no such "now" (frames run ahead of it), so it is None and sound stays off.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from fractions import Fraction
 
 import av
 
+from ..audio.scene import Scene
 from ..segmenter import frames_may_wait
 from . import Still
 
@@ -37,6 +45,8 @@ log = logging.getLogger("hatcam.camera")
 
 BAR = 32  # width of the moving bar, pixels
 BUFFERS = 6  # picamera2's create_video_configuration(buffer_count=6)
+MARK = 64  # the marked frame's corner block, luma pixels square
+MARK_CHROMA = 0xF0  # U and V both high: a magenta no other part of the pattern has
 
 
 class SyntheticCamera:
@@ -68,6 +78,15 @@ class SyntheticCamera:
         # Luma ramp, chroma flat: cheap to make, easy to see motion and seams in. Plain
         # bytes, not numpy: the pattern costs the daemon no extra library (and memory).
         self._ramp = bytes(16 + (235 - 16) * x // max(1, width - 1) for x in range(width))
+        self.scene = Scene()
+        self._chroma: tuple[int, bool] | None = None  # (frame, marked) its chroma shows
+
+    def clock_us(self) -> float | None:
+        """Now on the frames' clock (microseconds), None when there is no such now."""
+        return time.monotonic_ns() / 1000 if self.realtime else None
+
+    def marked(self, index: int) -> bool:
+        return index % self.fps == 0
 
     def _encoder(self) -> av.CodecContext:
         enc = av.CodecContext.create("libx264", "w")
@@ -111,11 +130,16 @@ class SyntheticCamera:
                     luma[y * self.width + 8 : y * self.width + 14] = mark
         return luma
 
-    def _frame(self, luma: bytearray, format: str, frame=None) -> av.VideoFrame:
-        """``luma`` in a frame with flat chroma; into ``frame`` if given (libx264 copies
-        its input while encoding, so the camera thread refills one frame)."""
-        reuse = frame is not None
-        frame = frame if reuse else av.VideoFrame(self.width, self.height, format)
+    def _frame(
+        self, luma: bytearray, format: str, frame=None, mark: bool = False
+    ) -> av.VideoFrame:
+        """``luma`` in a frame with flat chroma (and the mark's block if ``mark``); into
+        ``frame`` if given (libx264 copies its input while encoding, so the camera thread
+        refills one frame)."""
+        if mark:
+            self._mark_luma(luma)
+        fresh = frame is None
+        frame = av.VideoFrame(self.width, self.height, format) if fresh else frame
         y, u, v = frame.planes
         if y.line_size == y.width:
             y.update(luma)
@@ -125,11 +149,21 @@ class SyntheticCamera:
                 at, src = row * y.line_size, row * y.width
                 padded[at : at + y.width] = luma[src : src + y.width]
             y.update(padded)
-        if not reuse:
-            grey = b"\x80" * u.buffer_size
-            u.update(grey)
-            v.update(grey)
+        if fresh or self._chroma != (id(frame), mark):  # only when the mark comes or goes
+            chroma = bytearray(b"\x80" * u.buffer_size)
+            if mark:
+                for row in range(max(0, u.height - MARK // 2), u.height):
+                    at = row * u.line_size
+                    chroma[at : at + MARK // 2] = bytes([MARK_CHROMA]) * (MARK // 2)
+            u.update(chroma)
+            v.update(chroma)
+            self._chroma = (id(frame), mark)
         return frame
+
+    def _mark_luma(self, luma: bytearray) -> None:
+        """The mark's block in full white, in the bottom-left corner."""
+        for y in range(max(0, self.height - MARK), self.height):
+            luma[y * self.width : y * self.width + MARK] = b"\xeb" * MARK
 
     def start(self, output) -> None:
         self._thread = threading.Thread(
@@ -156,6 +190,8 @@ class SyntheticCamera:
                 if self.max_frames is not None and index >= self.max_frames:
                     break
                 due = start + round(index * interval)
+                if self.marked(index):  # the microphone is told before the instant
+                    self.scene.clap(due)
                 if self.realtime:
                     delay = (due - time.monotonic_ns() // 1000) / 1e6
                     if delay > 0 and self._stop.wait(delay):
@@ -190,7 +226,9 @@ class SyntheticCamera:
                 if self._stalled.is_set():
                     self._never.wait()
                 index, due = captured
-                frame = self._frame(self._picture(index, luma), "yuv420p", frame)
+                frame = self._frame(
+                    self._picture(index, luma), "yuv420p", frame, self.marked(index)
+                )
                 frame.pts = due
                 for packet in enc.encode(frame):
                     output.outputframe(bytes(packet), packet.is_keyframe, packet.pts)
