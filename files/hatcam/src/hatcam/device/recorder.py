@@ -11,6 +11,8 @@ import time
 
 import av
 
+from .audio import AudioFormat
+from .audio.capture import open_capture
 from .camera import open_camera
 from .segmenter import DATA_STREAMS, Segmenter, recover
 from .signing import Signer
@@ -26,6 +28,7 @@ CHECK_EVERY = 0.5  # seconds between looks at the frames (the stall check)
 # not keep the process from exiting, and the writer gets the longest to close the last
 # segment properly.
 STILLS_STOP_SECONDS = 5.0
+AUDIO_STOP_SECONDS = 3.0  # a read returns within a period; the encoder's tail is small
 CAMERA_STOP_SECONDS = 11.0  # PiCamera.stop() gives up by itself after 10 s
 CLOSE_SECONDS = 12.0  # the writer gets 10 s to drain (segmenter.DRAIN_SECONDS)
 # After a stall the camera is known to hang: waiting on it only delays the restart.
@@ -64,6 +67,13 @@ class Recorder:
         self.guard = DiskGuard(
             self.spool, settings.min_free_mb, settings.disk_policy, margin_mb=2 * segment_mb
         )
+        # Sound (issue 16): off unless HATCAM_AUDIO names a microphone.
+        self.audio_format = (
+            AudioFormat(settings.audio_rate, bitrate=settings.audio_bitrate)
+            if settings.audio_device
+            else None
+        )
+        self.audio = None
         self.segmenter = Segmenter(
             self.spool,
             settings.device,
@@ -74,6 +84,7 @@ class Recorder:
             room=self.guard.room,
             on_frame=self.frames,
             signer=self.signer,
+            **({"audio": self.audio_format} if self.audio_format else {}),
         )
         self.camera = None
         self.stills = None
@@ -135,6 +146,10 @@ class Recorder:
         )
         started = time.monotonic()
         self.camera.start(self.segmenter)
+        if self.audio_format:
+            self.audio = open_capture(s, self.audio_format, self.camera, self.segmenter)
+            if self.audio:
+                self.audio.start()
         self._write_state("starting")  # with what the camera says of itself
         if self.stills:
             self.stills.start()
@@ -185,6 +200,8 @@ class Recorder:
         if self.stills:
             seconds = camera_seconds or STILLS_STOP_SECONDS
             finished &= bounded(self.stills.stop, seconds, "stopping stills")
+        if self.audio:  # its last packets reach the segmenter before the video's
+            finished &= bounded(self.audio.stop, AUDIO_STOP_SECONDS, "stopping sound")
         seconds = camera_seconds or CAMERA_STOP_SECONDS
         finished &= bounded(self.camera.stop, seconds, "stopping the camera")
         # The last segment is closed properly, never lost (the frames already queued to
@@ -203,6 +220,7 @@ class Recorder:
             "camera_frames_dropped": self.segmenter.camera_skipped,
             "stills": self.stills.state() if self.stills else None,
             "camera": dict(self.camera.info) if self.camera else {},
+            "audio": self.audio.state() if self.audio else None,
         }
         if reason:
             state["reason"] = reason

@@ -160,4 +160,6 @@ def render(info: dict) -> str:
             f" waiting, Redis {'up' if stills.get('connected') else 'down'}"
             + (f" ({stills['last_error']})" if stills.get("last_error") else "")
         )
+    if audio := camera.get("audio"):
+        lines.append(f"sound:         {audio['state']} ({audio['device']}), {audio['gaps']} gap(s)")
     return "\n".join(lines)

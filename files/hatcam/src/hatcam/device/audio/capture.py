@@ -152,3 +152,40 @@ class AudioCapture:
         self.output.outputframe(data, True, timestamp, None, audio=True)
         self.packets += 1
         self._last_end = timestamp + self.fmt.packet_us()
+
+
+# The synthetic microphone runs this far off its nominal rate, as a real one may: the
+# daemon's sound then shows the drift fix at work, not a perfect crystal.
+SYNTHETIC_RATE_ERROR = 0.001
+
+
+def open_capture(settings, fmt: AudioFormat, camera, output) -> AudioCapture | None:
+    """The daemon's capture for ``settings.audio_device`` beside ``camera``, not started;
+    None (said in one line) when the camera has no real-time clock to follow."""
+    if camera.clock_us() is None and settings.camera == "synthetic":
+        log.warning(
+            "HATCAM_AUDIO: the synthetic camera's fast pace runs ahead of real time, so "
+            "there is no now for sound to follow; recording without sound "
+            "(HATCAM_SYNTHETIC_PACE=realtime records it)"
+        )
+        return None
+    if settings.audio_device == "synthetic":
+        import signal
+
+        from .synthetic import RealClock, SyntheticMicrophone
+
+        source = SyntheticMicrophone(
+            fmt.rate,
+            fmt.channels,
+            RealClock(),
+            getattr(camera, "scene", None),
+            rate_error=SYNTHETIC_RATE_ERROR,
+        )
+        if threading.current_thread() is threading.main_thread():
+            # Tests unplug and plug the daemon's microphone from outside.
+            signal.signal(signal.SIGUSR2, lambda *_: source.toggle())
+    else:
+        from .source import AlsaSource
+
+        source = AlsaSource(settings.audio_device, fmt.rate, fmt.channels)
+    return AudioCapture(source, fmt, output, camera.clock_us)

@@ -104,6 +104,8 @@ class AudioClock:
 
     def error_us(self, index: int) -> float:
         """How far the stamp for ``index`` would be from the envelope (for tests)."""
-        return self._a + index * self.sample_us - (
-            self._last_us + (index - self._last_index) * self._period_us
+        return (
+            self._a
+            + index * self.sample_us
+            - (self._last_us + (index - self._last_index) * self._period_us)
         )

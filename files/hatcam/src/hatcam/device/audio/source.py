@@ -39,10 +39,10 @@ class Source(Protocol):
 
 class AlsaSource:
     """A USB microphone (or any ALSA capture PCM: ``hw:CARD=Device,DEV=0``, ``plughw:1,0``,
-    or a card index, taken as ``plughw:N``), through PyAV's ALSA input."""
+    or a card index, taken as ``plughw:N,0`` as config does), through PyAV's ALSA input."""
 
     def __init__(self, device: str, rate: int, channels: int):
-        self.device = f"plughw:{device}" if device.isdigit() else device
+        self.device = f"plughw:{device},0" if device.isdigit() else device
         self.rate, self.channels = rate, channels
         self._container = None
         self._packets = None

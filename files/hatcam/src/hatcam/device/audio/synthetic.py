@@ -87,7 +87,9 @@ class SyntheticMicrophone:
             round(TONE_LEVEL * 32767 * math.sin(2 * math.pi * TONE_HZ * i / rate))
             for i in range(rate)
         ]
-        self._tone = struct.pack(f"<{rate * channels}h", *(s for s in tone for _ in range(channels)))
+        self._tone = struct.pack(
+            f"<{rate * channels}h", *(s for s in tone for _ in range(channels))
+        )
         click = [
             round(CLICK_LEVEL * 32767 * math.cos(2 * math.pi * CLICK_HZ * i / rate))
             for i in range(round(CLICK_SECONDS * rate))
@@ -100,6 +102,9 @@ class SyntheticMicrophone:
 
     def plug(self) -> None:
         self._plugged.set()
+
+    def toggle(self) -> None:
+        (self.plug if not self._plugged.is_set() else self.unplug)()
 
     def captured_at(self, index: int) -> float:
         """When sample ``index`` (since open) was captured, on the video clock."""
@@ -142,7 +147,9 @@ class SyntheticMicrophone:
             for k, value in enumerate(self._click):
                 if first <= index + k < end:
                     for c in range(self.channels):
-                        struct.pack_into("<h", data, ((index + k - first) * self.channels + c) * 2, value)
+                        struct.pack_into(
+                            "<h", data, ((index + k - first) * self.channels + c) * 2, value
+                        )
         return bytes(data)
 
     def close(self) -> None:

@@ -130,9 +130,7 @@ class SyntheticCamera:
                     luma[y * self.width + 8 : y * self.width + 14] = mark
         return luma
 
-    def _frame(
-        self, luma: bytearray, format: str, frame=None, mark: bool = False
-    ) -> av.VideoFrame:
+    def _frame(self, luma: bytearray, format: str, frame=None, mark: bool = False) -> av.VideoFrame:
         """``luma`` in a frame with flat chroma (and the mark's block if ``mark``); into
         ``frame`` if given (libx264 copies its input while encoding, so the camera thread
         refills one frame)."""

@@ -1,0 +1,169 @@
+"""Sound capture up to the segmenter's seam: the drift fix, a microphone that comes and goes,
+and the click landing on its clap. The microphone is the faithful synthetic one (no
+microphone exists here); the video is real H.264, the sound real AAC decoded with PyAV."""
+
+from __future__ import annotations
+
+import array
+import logging
+import threading
+import time
+
+import pytest
+
+from hatcam.device.audio import SAMPLES_PER_PACKET, AudioFormat
+from hatcam.device.audio.capture import AudioCapture
+from hatcam.device.audio.clock import AudioClock
+from hatcam.device.audio.scene import Scene
+from hatcam.device.audio.synthetic import RealClock, SimClock, SyntheticMicrophone
+from hatcam.device.camera.synthetic import SyntheticCamera
+from tests.support.sync import decode_packets, offsets, onsets
+
+FRAME_S = 1 / 30  # one video frame at 30 fps: the sync goal
+RATE = 48000
+
+
+class Collector:
+    """The segmenter's seam, keeping what arrives (from two threads, as the segmenter)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.video: list[int] = []
+        self.audio: list[tuple[bytes, int]] = []
+
+    def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+        with self.lock:
+            if audio:
+                self.audio.append((bytes(frame), int(timestamp)))
+            else:
+                self.video.append(int(timestamp))
+
+
+def clapping(scene: Scene, clock: SimClock, every_us: float = 1_000_000):
+    """Registers a clap a second (a little ahead of time, as the camera does); returns
+    that, and the list of claps registered."""
+    state = {"next": clock.now + 300_000}
+    registered: list[float] = []
+
+    def ahead():
+        while state["next"] < clock.now + 2_000_000:
+            scene.clap(state["next"])
+            registered.append(state["next"])
+            state["next"] += every_us
+
+    return ahead, registered
+
+
+@pytest.mark.parametrize("rate_error", [0.001, -0.001], ids=["fast", "slow"])
+def test_sound_stays_within_a_frame_of_the_picture_for_an_hour_of_an_off_rate_microphone(
+    rate_error,
+):
+    """60 simulated minutes, a microphone 0.1 % off its nominal rate, jittery reads with a
+    150 ms stall now and then: each click, stamped as capture stamps packets, against its
+    clap's true time. Uncorrected, the drift would reach 3.6 s."""
+    clock, scene = SimClock(), Scene()
+    mic = SyntheticMicrophone(RATE, 1, clock, scene, rate_error=rate_error)
+    ahead, claps = clapping(scene, clock)
+    audio_clock = AudioClock(RATE)
+    mic.open()
+    end = clock.now + 60 * 60e6
+    delivered, next_packet = 0, -SAMPLES_PER_PACKET  # AAC's priming frame comes first
+    stamps: dict[int, int] = {}
+    click_samples: list[int] = []
+    while clock.now < end:
+        ahead()
+        pcm = mic.read()
+        samples = array.array("h", pcm)
+        if max(samples) > 0.3 * 32767:  # a click: where it starts, in samples delivered
+            first = next(i for i, s in enumerate(samples) if s > 0.3 * 32767)
+            if not click_samples or delivered + first - click_samples[-1] > RATE // 2:
+                click_samples.append(delivered + first)
+        delivered += len(samples)
+        audio_clock.observe(delivered, clock.now)
+        while audio_clock.ready and next_packet + SAMPLES_PER_PACKET <= delivered:
+            stamps[next_packet] = audio_clock.stamp(next_packet)
+            next_packet += SAMPLES_PER_PACKET
+    drift = []
+    for index in click_samples:
+        packet = (index // SAMPLES_PER_PACKET) * SAMPLES_PER_PACKET
+        stamped = stamps[packet] + (index - packet) * 1e6 / RATE
+        clap = min(claps, key=lambda c: abs(c - stamped))
+        drift.append((stamped - clap) / 1e6)
+    worst = max(drift, key=abs)
+    print(
+        f"\nrate error {rate_error:+.1%}: {len(drift)} clicks over 60 simulated minutes, "
+        f"drift at the end {drift[-1] * 1000:+.2f} ms, worst {worst * 1000:+.2f} ms"
+    )
+    assert len(drift) >= 3590
+    assert abs(worst) <= FRAME_S
+    assert abs(drift[-1]) <= FRAME_S
+    stamped = [stamps[k] for k in sorted(stamps)]
+    steps = [b - a for a, b in zip(stamped, stamped[1:], strict=False)]
+    nominal = SAMPLES_PER_PACKET * 1e6 / RATE
+    assert min(steps) > 0.99 * nominal and max(steps) < 1.01 * nominal  # even, no jitter
+
+
+def test_a_click_lands_within_a_frame_of_its_clap_through_the_aac_encoder():
+    """The whole capture (synthetic microphone 0.1 % fast, real AAC), 3 simulated minutes:
+    the packets decoded, clicks found in the sound, each against its clap."""
+    clock, scene = SimClock(), Scene()
+    mic = SyntheticMicrophone(RATE, 1, clock, scene, rate_error=0.001)
+    out = Collector()
+    capture = AudioCapture(mic, AudioFormat(RATE), out, clock.now_us)
+    ahead, claps = clapping(scene, clock)
+    end = clock.now + 3 * 60e6
+
+    def until():
+        ahead()
+        return clock.now >= end
+
+    capture.run(until)
+    found = onsets(decode_packets(out.audio, RATE))
+    measured = offsets([c / 1e6 for c in claps], found)
+    print(f"\n{len(measured)} clicks: offset worst {max(map(abs, measured)) * 1000:.1f} ms")
+    assert len(measured) >= 178
+    assert max(map(abs, measured)) <= FRAME_S
+    stamps = [ts for _, ts in out.audio]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def test_an_unplugged_microphone_never_stops_the_video_and_its_gap_is_logged(caplog):
+    """Real time: the synthetic camera (real H.264) and microphone, pulled for 1.5 s."""
+    caplog.set_level(logging.INFO, logger="hatcam.audio")
+    camera = SyntheticCamera(320, 240, 30, 500_000, realtime=True)
+    mic = SyntheticMicrophone(RATE, 1, RealClock(), camera.scene, rate_error=0.001)
+    out = Collector()
+    fmt = AudioFormat(RATE)
+    capture = AudioCapture(mic, fmt, out, camera.clock_us, retry_seconds=0.2)
+    camera.start(out)
+    capture.start()
+    try:
+        time.sleep(2.5)
+        mic.unplug()
+        pulled = time.monotonic_ns() / 1000
+        time.sleep(1.5)
+        mic.plug()
+        time.sleep(2.5)
+    finally:
+        assert capture.stop()
+        camera.stop()
+    video = sorted(out.video)
+    assert video[-1] - video[0] > 6.0e6
+    worst_video_gap = max(b - a for a, b in zip(video, video[1:], strict=False))
+    assert worst_video_gap < 3 * 1e6 / 30  # the video never paused
+    stamps = [ts for _, ts in out.audio]
+    gaps = [
+        (a, b - a) for a, b in zip(stamps, stamps[1:], strict=False) if b - a > 2 * fmt.packet_us()
+    ]
+    assert len(gaps) == 1, gaps
+    at, length = gaps[0]
+    assert abs(at - pulled) < 300_000
+    assert 1.2e6 < length < 2.2e6
+    assert stamps[-1] > video[-1] - 1e6  # sound came back and went on
+    lost = [r for r in caplog.records if "lost" in r.getMessage()]
+    back = [r for r in caplog.records if "back" in r.getMessage()]
+    assert len(lost) == 1 and len(back) == 1
+    assert "gap of 1." in back[0].getMessage() or "gap of 2." in back[0].getMessage()
+    # What came after the gap is sound: it decodes, and has its clicks.
+    after = [(d, ts) for d, ts in out.audio if ts > at + length - 1]
+    assert len(onsets(decode_packets(after, RATE))) >= 1
