@@ -17,6 +17,7 @@ from hatcam.device.audio.clock import AudioClock
 from hatcam.device.audio.scene import Scene
 from hatcam.device.audio.synthetic import RealClock, SimClock, SyntheticMicrophone
 from hatcam.device.camera.synthetic import SyntheticCamera
+
 from tests.support.sync import decode_packets, offsets, onsets
 
 FRAME_S = 1 / 30  # one video frame at 30 fps: the sync goal

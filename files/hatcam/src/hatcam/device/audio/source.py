@@ -21,6 +21,7 @@ Here capture runs in the camera daemon, stamps every packet on the video clock
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import av
@@ -65,10 +66,8 @@ class AlsaSource:
 
     def close(self) -> None:
         if self._container is not None:
-            try:
+            with contextlib.suppress(OSError):  # the device is gone: nothing to close
                 self._container.close()
-            except OSError:
-                pass  # the device is gone: nothing to close
             self._container = self._packets = None
 
     def __str__(self) -> str:
