@@ -1,0 +1,159 @@
+"""Sound in the segments: every audio sample in exactly one segment, in the segment whose
+picture it belongs with, carried through the records, the stitch and the proof."""
+
+from __future__ import annotations
+
+import av
+import pytest
+
+from hatcam.device.segmenter import Segmenter
+from hatcam.device.spool import Spool
+from hatcam.fetch import stitch
+from hatcam.proof import AudioDigest
+from hatcam.segment import CLOCK, SegmentRecord, probe, to_ticks
+
+from tests.support.footage import SMALL, metadata
+from tests.support.sound import FORMAT, PACKET_US, aac_packets, camera_frames, feed
+
+FRAME_TICKS = CLOCK // SMALL["fps"]
+SECONDS = 6
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return camera_frames(SMALL["fps"] * SECONDS)
+
+
+@pytest.fixture(scope="module")
+def sound():
+    return aac_packets(round(SECONDS * 1e6 / PACKET_US) + 2)
+
+
+def segmenter(spool_dir, **kw) -> Segmenter:
+    spool = Spool(spool_dir).ensure()
+    return Segmenter(
+        spool, "cam1", SMALL["width"], SMALL["height"], SMALL["fps"], 1.0, audio=FORMAT, **kw
+    )
+
+
+def streams(path):
+    """(video pts, audio [(pts, raw unit)], decoded audio samples) of one file."""
+    with av.open(str(path)) as container:
+        video = [p.pts for p in container.demux(video=0) if p.pts is not None]
+    with av.open(str(path)) as container:
+        audio = []
+        for p in container.demux(audio=0):
+            if p.pts is not None and p.size:
+                digest = AudioDigest()
+                digest.add_adts(bytes(p))
+                audio.append((p.pts, bytes(p)))
+    with av.open(str(path)) as container:
+        samples = sum(f.samples for f in container.decode(audio=0))
+    return video, audio, samples
+
+
+def test_no_audio_sample_is_lost_or_doubled_at_segment_boundaries(tmp_path, frames, sound):
+    seg = segmenter(tmp_path / "spool")
+    given = feed(seg, frames, sound, lag_us=120_000)
+    seg.close()
+    segments = seg.spool.ready_segments()
+    assert len(segments) == SECONDS
+    run_start = frames[0][2]
+    expected = [round((ts - run_start) * CLOCK / 1e6) for ts, _ in given]
+    got = []
+    for i, path in enumerate(segments):
+        video, audio, samples = streams(path)
+        assert audio, f"{path.name} has no audio"
+        next_start = streams(segments[i + 1])[0][0] if i + 1 < len(segments) else None
+        pts = [p for p, _ in audio]
+        assert min(pts) >= video[0], f"{path.name}: audio before its first frame"
+        if next_start is not None:
+            assert max(pts) < next_start, f"{path.name}: audio of the next segment's range"
+            # and nothing of this range was left for later: the next audio is past it
+        assert samples == len(audio) * 1024, "every packet decodes to its 1024 samples"
+        meta = metadata(path)
+        assert meta["audio_packets"] == len(audio)
+        assert (meta["audio_first_pts"], meta["audio_last_pts"]) == (min(pts), max(pts))
+        got += pts
+    # Only what fell before the first frame or after the last one's segment closed is not held.
+    inside = [p for p in expected if p >= 0]
+    assert got == inside[: len(got)], "every packet once, in order"
+    assert len(inside) - len(got) <= 120_000 / PACKET_US + 1, "only the tail after close"
+    assert seg.audio_gaps == 0
+
+
+def planned(spool: Spool) -> list[stitch.Segment]:
+    """The segments as fetch plans them from their records (blob metadata = sidecar)."""
+    found = []
+    for path in spool.ready_segments():
+        rec = SegmentRecord.from_sidecar(metadata(path))
+        contents = rec.contents if rec.contents.width else probe(path)
+        boot, seq = path.stem.split("-")[1], int(path.stem.split("-")[2])
+        found.append(
+            stitch.Segment.from_contents(
+                path.name, path, "cam1", rec.start, contents, boot=boot, seq=seq
+            )
+        )
+    return found
+
+
+def stitched(spool: Spool, target) -> stitch.Run:
+    runs, splits = stitch.plan(planned(spool), max_gap=10.0)
+    assert len(runs) == 1 and not splits
+    stitch.write(runs[0], target, reread=True)
+    return runs[0]
+
+
+def av_offsets(path) -> list[int]:
+    """Per audio packet: its pts minus the video's first pts (90 kHz), as a player sees it."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        first = min(p.pts for p in container.demux(video) if p.pts is not None)
+        first = to_ticks(video.time_base)(first)
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0]
+        ticks = to_ticks(audio.time_base)
+        return [ticks(p.pts) - first for p in container.demux(audio) if p.pts is not None]
+
+
+def test_the_stitched_mp4_keeps_every_audio_sample_in_sync_with_the_picture(
+    tmp_path, frames, sound
+):
+    seg = segmenter(tmp_path / "spool")
+    # The microphone starts a little after the camera: its packets fall between frames.
+    feed(seg, frames, sound, lag_us=80_000, start_us=frames[0][2] + 12_345)
+    seg.close()
+    segments = seg.spool.ready_segments()
+    fed = sum(streams(p)[2] for p in segments)
+    run_first = streams(segments[0])[0][0]
+    in_segments = [pts - run_first for path in segments for pts, _ in streams(path)[1]]
+    mp4 = tmp_path / "out.mp4"
+    run = stitched(seg.spool, mp4)
+    with av.open(str(mp4)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+        samples = sum(f.samples for f in container.decode(audio=0))
+    assert samples == fed, "the MP4 holds every audio sample the segments hold"
+    offsets = av_offsets(mp4)
+    assert len(offsets) == len(in_segments)
+    worst = max(abs(a - b) for a, b in zip(offsets, in_segments, strict=True))
+    assert worst <= FRAME_TICKS, f"audio moved {worst} ticks against the picture"
+    assert run.audio_gaps == []
+
+
+def test_an_audio_gap_while_the_picture_goes_on_is_reported_with_its_length(
+    tmp_path, frames, sound
+):
+    seg = segmenter(tmp_path / "spool")
+    start = frames[0][2]
+    silent = (start + 2_000_000, start + 4_000_000)  # microphone unplugged for 2 s
+    feed(seg, frames, sound, lag_us=80_000, silent=[silent])
+    seg.close()
+    assert seg.audio_gaps == 1
+    assert seg.audio_gap_us == pytest.approx(2_000_000, abs=PACKET_US * 1.5)
+    assert len(seg.spool.ready_segments()) == SECONDS, "the video did not stop"
+    run = stitched(seg.spool, tmp_path / "out.mp4")
+    assert len(run.audio_gaps) == 1
+    gap = run.audio_gaps[0]
+    assert gap.seconds == pytest.approx(2.0, abs=PACKET_US * 1.5 / 1e6)
+    offset = (gap.at - run.start).total_seconds()
+    assert offset == pytest.approx(2.0, abs=PACKET_US * 1.5 / 1e6)
