@@ -118,7 +118,7 @@ class AudioCapture:
                 samples += len(pcm) // width
                 self.clock.observe(samples, now)
                 waiting += encoder.encode(pcm)
-                if self.clock.ready:  # the first second waits here: ~50 small packets
+                if self.clock.ready:  # a run's first 0.25 s waits here: ~12 small packets
                     for data, index in waiting:
                         self._send(data, index)
                     waiting.clear()

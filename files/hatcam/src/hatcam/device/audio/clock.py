@@ -13,7 +13,7 @@ is one period after the previous, the period nudged so the error is worked off o
 After a gap (the microphone unplugged) ``restart`` re-anchors: new samples, new timeline; the
 rate learnt so far is kept (it is the same crystal, likely), and a new packet never starts
 before the previous one ended. The first packets of a run wait for the first envelope point
-(``ready``, a second) before they are stamped.
+(``ready``, a quarter second) before they are stamped.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from __future__ import annotations
 from collections import deque
 
 WINDOW_SECONDS = 1.0  # one envelope point per second of samples
+# The first point comes sooner: the first packets of a run wait for it, and the segmenter
+# waits at a split for late audio only so long (segmenter.AUDIO_HOLD_US, 0.5 s).
+FIRST_WINDOW_SECONDS = 0.25
 POINTS = 240  # envelope points in the fit: four minutes
 FIT_AFTER_SECONDS = 8.0  # the span of points before the fitted rate replaces the nominal one
 SLEW_SECONDS = 4.0  # a phase error is worked off over this long
@@ -38,7 +41,7 @@ class AudioClock:
     def restart(self) -> None:
         """A new run of samples (the device opened again): new phase, rate kept."""
         self._points: deque[tuple[int, float]] = deque(maxlen=POINTS)
-        self._window_end = self.rate * WINDOW_SECONDS
+        self._window_end = self.rate * FIRST_WINDOW_SECONDS
         self._best: tuple[int, float] | None = None  # (samples, arrival) nearest the envelope
         self._a: float | None = None  # envelope: arrival(samples) = a + samples * sample_us
         self._last_index: int | None = None  # the last stamped packet's first sample
@@ -47,7 +50,7 @@ class AudioClock:
 
     @property
     def ready(self) -> bool:
-        """A second of reads seen since ``restart``: enough to put the first packet on the
+        """A quarter second of reads seen since ``restart``: enough to put the first packet on the
         envelope (one late first read would otherwise set it, and the loop's slow slew
         would take long to work that off)."""
         return bool(self._points)

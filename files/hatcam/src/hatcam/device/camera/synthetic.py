@@ -18,7 +18,8 @@ exception, as picamera2's lock-ups look (picamera2 #1090).
 
 The test signal for sound: once a second (every ``fps``-th frame) the frame is marked, a
 block of saturated colour in the bottom-left corner (nothing else in the pattern has any
-colour), and its capture time is registered in ``scene`` before it is due, so the
+colour), and its capture time is registered in ``scene`` a second before it is due (a
+sensor thread late by a few frames must not tell the microphone too late), so the
 synthetic microphone clicks at that instant: sync is measured from the files alone.
 ``clock_us()`` is now on the frames' clock: the monotonic clock in real time; in fast mode
 there is no such "now" (frames run ahead of it), so it is None and sound stays off.
@@ -184,12 +185,13 @@ class SyntheticCamera:
             start = time.monotonic_ns() // 1000
             interval = 1_000_000 / self.fps
             index = 0
+            self.scene.clap(start)  # the first frame is marked too
             while not self._stop.is_set():
                 if self.max_frames is not None and index >= self.max_frames:
                     break
                 due = start + round(index * interval)
-                if self.marked(index):  # the microphone is told before the instant
-                    self.scene.clap(due)
+                if self.marked(index + self.fps):  # the microphone is told a second ahead
+                    self.scene.clap(start + round((index + self.fps) * interval))
                 if self.realtime:
                     delay = (due - time.monotonic_ns() // 1000) / 1e6
                     if delay > 0 and self._stop.wait(delay):
