@@ -82,6 +82,8 @@ class AudioCapture:
             self.failed = exc
             self.status = f"failed: {exc}"
             log.error("audio capture stopped (video goes on): %s", exc)
+        else:
+            self.status = "stopped"
 
     def _open(self) -> bool:
         try:
