@@ -4,7 +4,7 @@
     python -m bench.run [--quick]          (from the repository root)
 
 Runs bench/device_bench.py, bench/fetch_bench.py, bench/recovery_bench.py,
-bench/signing_bench.py (each starts its own Azurite / redis-server) and
+bench/signing_bench.py, bench/audio_bench.py (each starts its own Azurite / redis-server) and
 bench/writer_stall.py (mounts the test SD card: root), then tabulates; --quick only prints. Ratios
 are the point: these machines are noisy, absolute times are not comparable between runs.
 """
@@ -52,6 +52,47 @@ def run_json(script: str, *args: str) -> dict:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+def audio_rows(a: dict) -> list[tuple[str, str, str, str, str]]:
+    """The camera daemon with sound beside the same daemon without, side by side."""
+    added_mb = a["on_peak_rss_mb"] - a["off_peak_rss_mb"]
+    return [
+        (
+            f"camera daemon peak RSS with sound (synthetic microphone), 720p30, stills and "
+            f"signing on, {a['seconds']:.0f} s (median of {a['rounds']} rounds, who starts "
+            "first alternating)",
+            f"{a['on_peak_rss_mb']:.1f} MB (sound adds {added_mb:+.1f} MB)",
+            f"{a['off_peak_rss_mb']:.1f} MB (sound off)",
+            f"{a['on_peak_rss_mb'] / a['off_peak_rss_mb']:.2f}x",
+            f"< {a['budget_mb']:.0f} MB with stills on: "
+            f"{verdict(a['on_peak_rss_mb'] < a['budget_mb'])}",
+        ),
+        (
+            "camera daemon CPU with sound (frames the synthetic camera lost for want of a "
+            "free buffer, all rounds: a loaded machine shows here)",
+            f"{a['on_cpu_s_per_min']:.1f} s/min ({a['on_camera_frames_lost']} frames lost)",
+            f"{a['off_cpu_s_per_min']:.1f} s/min ({a['off_camera_frames_lost']} frames lost,"
+            " sound off)",
+            f"{a['on_cpu_s_per_min'] / a['off_cpu_s_per_min']:.2f}x",
+            "-",
+        ),
+        (
+            f"audio/video offset from the files (each click against its marked frame, "
+            f"{a['clicks_paired']} of {a['marked_frames']} paired), median / worst",
+            f"{a['offset_ms_median']:+.1f} / {a['offset_ms_worst']:.1f} ms",
+            "-",
+            "-",
+            f"worst <= 1 frame (33.3 ms): {verdict(a['offset_ms_worst'] <= 1000 / 30)}",
+        ),
+        (
+            "bytes per 10 s segment (AAC 64 kbit/s mono beside 4 Mbit/s H.264)",
+            f"{a['on_segment_kb']:.0f} kB",
+            f"{a['off_segment_kb']:.0f} kB (sound off)",
+            f"{a['on_segment_kb'] / a['off_segment_kb']:.3f}x",
+            "-",
+        ),
+    ]
 
 
 def recovery_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
@@ -285,6 +326,7 @@ def main() -> int:
     recovery = run_json("recovery_bench.py", *quick)
     writer = run_json("writer_stall.py", *quick)
     signing = run_json("signing_bench.py", *quick)
+    audio = run_json("audio_bench.py", *quick)
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     header = (
         f"# hatcam benchmarks\n\n"
@@ -306,6 +348,7 @@ def main() -> int:
         + recovery_rows(recovery)
         + writer_stall_rows(writer)
         + signing_rows(signing)
+        + audio_rows(audio)
     ]
     text = (
         header
@@ -318,6 +361,7 @@ def main() -> int:
                 "recovery": recovery,
                 "writer_stall": writer,
                 "signing": signing,
+                "audio": audio,
             },
             indent=1,
         )

@@ -8,6 +8,7 @@ import array
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +20,7 @@ from hatcam.device.audio.synthetic import RealClock, SimClock, SyntheticMicropho
 from hatcam.device.camera.synthetic import SyntheticCamera
 
 from tests.support.sync import decode_packets, offsets, onsets
+from tests.test_picamera2_backend import fake, picam, stub_libcamera  # noqa: F401 (fixtures)
 
 FRAME_S = 1 / 30  # one video frame at 30 fps: the sync goal
 RATE = 48000
@@ -168,3 +170,20 @@ def test_an_unplugged_microphone_never_stops_the_video_and_its_gap_is_logged(cap
     # What came after the gap is sound: it decodes, and has its clicks.
     after = [(d, ts) for d, ts in out.audio if ts > at + length - 1]
     assert len(onsets(decode_packets(after, RATE))) >= 1
+
+
+@pytest.mark.usefixtures("fake")
+def test_on_a_pi_sound_is_stamped_on_the_frames_clock_from_the_first_sensor_timestamp():
+    """picamera2 stamps frames with SensorTimestamp (CLOCK_BOOTTIME) minus the first
+    frame's; capture's now must be on that clock: BOOTTIME minus the same first stamp."""
+    camera = stub_libcamera().PiCamera(320, 240, 30, 1_000_000)
+    assert camera.clock_us() is None, "no now before the first frame"
+    exposed = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 500_000_000  # 0.5 s ago
+
+    class Metadata(dict):
+        def __getitem__(self, key):  # libcamera's controls are stubbed: any key is the stamp
+            return exposed
+
+    request = SimpleNamespace(request=SimpleNamespace(metadata=Metadata()))
+    assert camera.encoder._timestamp(request) == 0  # picamera2's own code: frame one is 0
+    assert camera.clock_us() == pytest.approx(500_000, abs=100_000)

@@ -62,7 +62,7 @@ class AudioClock:
             arrival_us - samples * self.sample_us < self._best[1] - self._best[0] * self.sample_us
         ):
             self._best = (samples, arrival_us)
-        if not self._points:  # the first second: a provisional envelope
+        if not self._points:  # until the first point: a provisional envelope
             low = arrival_us - samples * self.sample_us
             self._a = low if self._a is None else min(self._a, low)
         if samples >= self._window_end:
@@ -104,11 +104,3 @@ class AudioClock:
         self._last_index, self._last_us = index, us
         self._steer()
         return round(us)
-
-    def error_us(self, index: int) -> float:
-        """How far the stamp for ``index`` would be from the envelope (for tests)."""
-        return (
-            self._a
-            + index * self.sample_us
-            - (self._last_us + (index - self._last_index) * self._period_us)
-        )
