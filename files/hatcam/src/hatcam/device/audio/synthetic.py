@@ -12,6 +12,7 @@ vanishes (an av OSError with EIO) and opening fail until ``plug()``. It renders 
 
 from __future__ import annotations
 
+import array
 import errno
 import math
 import random
@@ -82,19 +83,25 @@ class SyntheticMicrophone:
         self._open = False
         self._start_us = 0.0
         self._delivered = 0
-        # One second of tone (a whole number of cycles), interleaved: a read is a slice.
-        tone = [
-            round(TONE_LEVEL * 32767 * math.sin(2 * math.pi * TONE_HZ * i / rate))
-            for i in range(rate)
-        ]
-        self._tone = struct.pack(
-            f"<{rate * channels}h", *(s for s in tone for _ in range(channels))
+        # The tone's shortest whole number of cycles (1200 samples at 48 kHz: 11 cycles),
+        # repeated to cover one read from any point of it: a read is one slice. Built without
+        # a list of Python ints (that cost the daemon 2 MB of peak memory for one second).
+        self._cycle = rate // math.gcd(rate, TONE_HZ)
+        one = array.array(
+            "h",
+            (
+                round(TONE_LEVEL * 32767 * math.sin(2 * math.pi * TONE_HZ * (i // channels) / rate))
+                for i in range(self._cycle * channels)
+            ),
+        ).tobytes()
+        self._tone = one * (1 + -(-period // self._cycle))
+        self._click = array.array(
+            "h",
+            (
+                round(CLICK_LEVEL * 32767 * math.cos(2 * math.pi * CLICK_HZ * i / rate))
+                for i in range(round(CLICK_SECONDS * rate))
+            ),
         )
-        click = [
-            round(CLICK_LEVEL * 32767 * math.cos(2 * math.pi * CLICK_HZ * i / rate))
-            for i in range(round(CLICK_SECONDS * rate))
-        ]
-        self._click = click
 
     # The microphone's cable.
     def unplug(self) -> None:
@@ -134,12 +141,8 @@ class SyntheticMicrophone:
 
     def _render(self, first: int, end: int) -> bytes:
         width = 2 * self.channels
-        at = first % self.rate
-        if at + (end - first) <= self.rate:
-            data = bytearray(self._tone[at * width : (at + end - first) * width])
-        else:
-            rest = end - first - (self.rate - at)  # wraps around the second
-            data = bytearray(self._tone[at * width :] + self._tone[: rest * width])
+        at = first % self._cycle
+        data = bytearray(self._tone[at * width : (at + end - first) * width])
         for clap in self.scene.claps_between(
             self.captured_at(first - len(self._click)), self.captured_at(end)
         ):
@@ -147,9 +150,8 @@ class SyntheticMicrophone:
             for k, value in enumerate(self._click):
                 if first <= index + k < end:
                     for c in range(self.channels):
-                        struct.pack_into(
-                            "<h", data, ((index + k - first) * self.channels + c) * 2, value
-                        )
+                        at = ((index + k - first) * self.channels + c) * 2
+                        struct.pack_into("<h", data, at, value)
         return bytes(data)
 
     def close(self) -> None:
