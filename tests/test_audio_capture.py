@@ -163,13 +163,39 @@ def test_an_unplugged_microphone_never_stops_the_video_and_its_gap_is_logged(cap
     assert abs(at - pulled) < 300_000
     assert 1.2e6 < length < 2.2e6
     assert stamps[-1] > video[-1] - 1e6  # sound came back and went on
-    lost = [r for r in caplog.records if "lost" in r.getMessage()]
-    back = [r for r in caplog.records if "back" in r.getMessage()]
-    assert len(lost) == 1 and len(back) == 1
+    lines = [r for r in caplog.records if r.name == "hatcam.audio"]
+    lost = [r for r in lines if "lost" in r.getMessage()]
+    back = [r for r in lines if "back" in r.getMessage()]
+    assert len(lost) == 1 and len(back) == 1 and len(lines) == 2, [r.getMessage() for r in lines]
     assert "gap of 1." in back[0].getMessage() or "gap of 2." in back[0].getMessage()
     # What came after the gap is sound: it decodes, and has its clicks.
     after = [(d, ts) for d, ts in out.audio if ts > at + length - 1]
     assert len(onsets(decode_packets(after, RATE))) >= 1
+
+
+def test_a_microphone_missing_at_start_is_said_once_and_sound_starts_when_it_comes(caplog):
+    caplog.set_level(logging.INFO, logger="hatcam.audio")
+    camera = SyntheticCamera(320, 240, 30, 500_000, realtime=True)
+    mic = SyntheticMicrophone(RATE, 1, RealClock(), camera.scene)
+    mic.unplug()
+    out = Collector()
+    capture = AudioCapture(mic, AudioFormat(RATE), out, camera.clock_us, retry_seconds=0.2)
+    camera.start(out)
+    capture.start()
+    try:
+        time.sleep(1.5)
+        assert out.video and not out.audio, "the video goes on without sound"
+        plugged = time.monotonic_ns() / 1000
+        mic.plug()
+        time.sleep(2.0)
+    finally:
+        assert capture.stop()
+        camera.stop()
+    stamps = [ts for _, ts in out.audio]
+    assert stamps and plugged - 50_000 < stamps[0] < plugged + 500_000
+    lines = [r.getMessage() for r in caplog.records if r.name == "hatcam.audio"]
+    assert len(lines) == 2 and "not available" in lines[0] and "found" in lines[1], lines
+    assert capture.state()["state"] == "stopped"
 
 
 @pytest.mark.usefixtures("fake")

@@ -100,6 +100,8 @@ class AudioCapture:
                     self.retry_seconds,
                 )
             return False
+        if self._announced_missing and self._lost_at is None:  # missing from the start
+            log.info("microphone %s found: recording sound", self.source)
         self._announced_missing = False
         return True
 
@@ -126,6 +128,7 @@ class AudioCapture:
                     waiting.clear()
         except OSError as exc:
             self._lost_at = self.video_clock() or self._last_end
+            self._announced_missing = True  # one line for the loss, not one more per retry
             self.status = "lost"
             log.warning(
                 "microphone %s lost (%s): video goes on without sound until it returns",
