@@ -130,6 +130,43 @@ def test_a_click_lands_within_a_frame_of_its_clap_through_the_aac_encoder():
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
 
 
+def test_after_samples_are_lost_to_an_overrun_sound_is_back_in_sync_within_seconds(caplog):
+    """A capture thread starved for longer than the device buffers: ALSA drops half a
+    second of samples and FFmpeg says nothing. Stamped on as if none were lost, all later
+    sound would be half a second early; the clock notices and starts its timeline again."""
+    caplog.set_level(logging.INFO, logger="hatcam.audio")
+    clock, scene = SimClock(), Scene()
+    mic = SyntheticMicrophone(RATE, 1, clock, scene, rate_error=0.001)
+    out = Collector()
+    capture = AudioCapture(mic, AudioFormat(RATE), out, clock.now_us)
+    ahead, claps = clapping(scene, clock)
+    start = clock.now
+    overrun_at, end = start + 15e6, start + 45e6
+    done = []
+
+    def until():
+        ahead()
+        if not done and clock.now >= overrun_at:
+            mic.overrun(0.5)
+            done.append(clock.now)
+        return clock.now >= end
+
+    capture.run(until)
+    found = onsets(decode_packets(out.audio, RATE))
+    before = offsets([c / 1e6 for c in claps if c < overrun_at], found)
+    after = offsets([c / 1e6 for c in claps if overrun_at + 4e6 < c < end - 1e6], found)
+    print(
+        f"\noverrun: worst before {max(map(abs, before)) * 1000:.1f} ms, after "
+        f"{max(map(abs, after)) * 1000:.1f} ms"
+    )
+    assert len(before) >= 13 and len(after) >= 24
+    assert max(map(abs, before)) <= FRAME_S and max(map(abs, after)) <= FRAME_S
+    stamps = [ts for _, ts in out.audio]
+    assert stamps == sorted(stamps)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hatcam.audio"]
+    assert len(lines) == 1 and "samples were lost" in lines[0], lines
+
+
 def test_an_unplugged_microphone_never_stops_the_video_and_its_gap_is_logged(caplog):
     """Real time: the synthetic camera (real H.264) and microphone, pulled for 1.5 s."""
     caplog.set_level(logging.INFO, logger="hatcam.audio")

@@ -120,7 +120,14 @@ class AudioCapture:
                 if now is None:  # no video frame yet: nothing to be in sync with
                     continue
                 samples += len(pcm) // width
+                resyncs = self.clock.resyncs
                 self.clock.observe(samples, now)
+                if self.clock.resyncs != resyncs:
+                    log.warning(
+                        "microphone %s: samples were lost (the capture fell behind by more "
+                        "than the device buffers): sound has a gap there",
+                        self.source,
+                    )
                 waiting += encoder.encode(pcm)
                 if self.clock.ready:  # a run's first 0.25 s waits here: ~12 small packets
                     for data, index in waiting:

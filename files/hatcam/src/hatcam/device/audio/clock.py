@@ -29,6 +29,11 @@ FIT_AFTER_SECONDS = 8.0  # the span of points before the fitted rate replaces th
 SLEW_SECONDS = 4.0  # a phase error is worked off over this long
 MAX_SLEW = 0.005  # the packet period is never nudged by more than 0.5 %
 MAX_RATE_ERROR = 0.01  # a fit further than 1 % from nominal is a glitch, not a crystal
+# Two whole windows of reads this late mean samples were lost (an ALSA overrun: a reader
+# late by more than the device's buffer, which FFmpeg's alsa_dec recovers from without a
+# word): a stall delays some reads, or one window, and the ones after it are on time again.
+LOST_US = 100_000
+LOST_WINDOWS = 2
 
 
 class AudioClock:
@@ -36,11 +41,13 @@ class AudioClock:
         self.nominal_us = 1_000_000 / rate  # microseconds per sample, nominal
         self.rate = rate
         self.sample_us = self.nominal_us  # the estimate
+        self.resyncs = 0  # times samples were found lost and the timeline started again
         self.restart()
 
     def restart(self) -> None:
         """A new run of samples (the device opened again): new phase, rate kept."""
         self._points: deque[tuple[int, float]] = deque(maxlen=POINTS)
+        self._late_windows = 0
         self._window_end = self.rate * FIRST_WINDOW_SECONDS
         self._best: tuple[int, float] | None = None  # (samples, arrival) nearest the envelope
         self._a: float | None = None  # envelope: arrival(samples) = a + samples * sample_us
@@ -67,6 +74,18 @@ class AudioClock:
             self._a = low if self._a is None else min(self._a, low)
         if samples >= self._window_end:
             self._window_end = samples + self.rate * WINDOW_SECONDS
+            x, y = self._best
+            late = self._points and y - (self._a + x * self.sample_us) > LOST_US
+            self._late_windows = self._late_windows + 1 if late else 0
+            if self._late_windows >= LOST_WINDOWS:
+                # Samples were lost: the timeline starts again here, the rate is kept.
+                self.resyncs += 1
+                self._late_windows = 0
+                self._points.clear()
+                self._last_index = None  # the next packet goes on the new envelope
+            elif late:
+                self._best = None  # kept out of the fit until it is known which it was
+                return
             self._points.append(self._best)
             self._best = None
             self._fit()
@@ -96,7 +115,8 @@ class AudioClock:
 
     def stamp(self, index: int, not_before: float = float("-inf")) -> int:
         """The video-clock time (us) of sample ``index`` (a packet's first, packets in order):
-        the first of a run is put on the envelope, each next one a steady period on."""
+        the first of a run (or after samples were lost) is put on the envelope, each next
+        one a steady period on."""
         if self._last_index is None:
             us = max(self._a + index * self.sample_us, not_before)
         else:

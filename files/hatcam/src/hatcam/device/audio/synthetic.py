@@ -81,6 +81,7 @@ class SyntheticMicrophone:
         self._plugged = threading.Event()
         self._plugged.set()
         self._open = False
+        self._lost = 0
         self._start_us = 0.0
         self._delivered = 0
         # The tone's shortest whole number of cycles (1200 samples at 48 kHz: 11 cycles),
@@ -110,6 +111,12 @@ class SyntheticMicrophone:
     def plug(self) -> None:
         self._plugged.set()
 
+    def overrun(self, seconds: float) -> None:
+        """The reader fell behind by more than the device buffers: ALSA drops ``seconds``
+        of samples and carries on, and FFmpeg's alsa_dec says nothing of it."""
+        self._delivered += round(seconds * self.true_rate)
+        self._lost += round(seconds * self.true_rate)
+
     def toggle(self) -> None:
         (self.plug if not self._plugged.is_set() else self.unplug)()
 
@@ -123,12 +130,13 @@ class SyntheticMicrophone:
         self._open = True
         self._start_us = self.clock.now_us()
         self._delivered = 0
+        self._lost = 0
 
     def read(self) -> bytes:
         if not self._open:
             raise av.error.OSError(errno.EIO, "Input/output error", "synthetic")
         first, end = self._delivered, self._delivered + self.period
-        due = self.captured_at(end)
+        due = self.captured_at(end)  # (samples lost to an overrun were captured, not read)
         delay = self._random.uniform(0, self.jitter_us)
         if self.stall_every and self._random.randrange(self.stall_every) == 0:
             delay += self.stall_us
@@ -138,6 +146,10 @@ class SyntheticMicrophone:
             raise av.error.OSError(errno.EIO, "Input/output error", "synthetic")
         self._delivered = end
         return self._render(first, end)
+
+    def delivered_index(self, index: int) -> int:
+        """Which sample since open the ``index``-th sample handed over is."""
+        return index + self._lost
 
     def _render(self, first: int, end: int) -> bytes:
         width = 2 * self.channels
