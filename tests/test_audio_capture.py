@@ -5,17 +5,20 @@ microphone exists here); the video is real H.264, the sound real AAC decoded wit
 from __future__ import annotations
 
 import array
+import errno
 import logging
 import threading
 import time
 from types import SimpleNamespace
 
+import av
 import pytest
 
 from hatcam.device.audio import SAMPLES_PER_PACKET, AudioFormat
 from hatcam.device.audio.capture import AudioCapture
 from hatcam.device.audio.clock import AudioClock
 from hatcam.device.audio.scene import Scene
+from hatcam.device.audio.source import AlsaSource
 from hatcam.device.audio.synthetic import RealClock, SimClock, SyntheticMicrophone
 from hatcam.device.camera.synthetic import SyntheticCamera
 
@@ -250,3 +253,25 @@ def test_on_a_pi_sound_is_stamped_on_the_frames_clock_from_the_first_sensor_time
     request = SimpleNamespace(request=SimpleNamespace(metadata=Metadata()))
     assert camera.encoder._timestamp(request) == 0  # picamera2's own code: frame one is 0
     assert camera.clock_us() == pytest.approx(500_000, abs=100_000)
+
+
+def test_the_synthetic_microphone_fails_to_open_as_pyavs_alsa_input_does(caplog):
+    """The real ALSA input (PyAV) on a microphone that is not there, beside the synthetic
+    one unplugged: the same error (av's OSError, EIO); capture says so once and retries."""
+    caplog.set_level(logging.INFO, logger="hatcam.audio")
+    real = AlsaSource("plughw:9,0", RATE, 1)  # no card 9 here (no sound card at all)
+    synthetic = SyntheticMicrophone(RATE, 1, RealClock())
+    synthetic.unplug()
+    errors = []
+    for source in (real, synthetic):
+        with pytest.raises(OSError) as caught:
+            source.open()
+        errors.append((type(caught.value), caught.value.errno))
+    assert errors[0] == errors[1] == (av.error.OSError, errno.EIO)
+    capture = AudioCapture(real, AudioFormat(RATE), Collector(), lambda: 0.0, retry_seconds=0.1)
+    capture.start()
+    time.sleep(0.5)
+    assert capture.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hatcam.audio"]
+    assert len(lines) == 1 and "plughw:9,0 not available" in lines[0], lines
+    assert capture.state()["state"] == "stopped" and capture.failed is None
