@@ -3,10 +3,21 @@ picture it belongs with, carried through the records, the stitch and the proof."
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import av
 import pytest
 
-from hatcam.device.segmenter import Segmenter
+from hatcam import proof
+from hatcam.device.segmenter import AUDIO_HELD, Segmenter, recover
+from hatcam.device.signing import Signer
 from hatcam.device.spool import Spool
 from hatcam.fetch import stitch
 from hatcam.proof import AudioDigest
@@ -157,3 +168,157 @@ def test_an_audio_gap_while_the_picture_goes_on_is_reported_with_its_length(
     assert gap.seconds == pytest.approx(2.0, abs=PACKET_US * 1.5 / 1e6)
     offset = (gap.at - run.start).total_seconds()
     assert offset == pytest.approx(2.0, abs=PACKET_US * 1.5 / 1e6)
+
+
+# --- signed: the records cover the sound, fetch and `hatcam verify` check it -----------
+
+
+def units_of(data: bytes) -> list[tuple[int, bytes]]:
+    """(byte offset, raw AAC unit) of every audio packet in MPEG-TS bytes, ADTS stripped
+    here (not by hatcam's digest): a header is 7 bytes, 9 with a CRC."""
+    with av.open(io.BytesIO(data), format="mpegts") as container:
+        out = []
+        for p in container.demux(audio=0):
+            if p.size:
+                raw = bytes(p)
+                out.append((p.pos, raw[7 if raw[1] & 1 else 9 :]))
+        return out
+
+
+def sound_digest(units: list[bytes]) -> str:
+    sha = hashlib.sha256()
+    for unit in units:
+        sha.update(len(unit).to_bytes(4, "big") + unit)
+    return sha.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("keyed")
+    key = proof.DeviceKey.generate(base / "device.key")
+    (base / "cam1.pub").write_text(key.public_line("cam1") + "\n")
+    ring = proof.KeyRing()
+    ring.add_line(key.public_line("cam1"))
+    return base, key, ring
+
+
+def test_each_signed_record_and_checkpoint_covers_exactly_the_sound_before_it(
+    tmp_path, frames, sound, keyed, monkeypatch
+):
+    _, key, ring = keyed
+    monkeypatch.setattr("hatcam.device.segmenter.FLUSH_EVERY", 0.0)  # a checkpoint per packet
+    spool = Spool(tmp_path / "spool").ensure()
+    seg = segmenter(spool.root, signer=Signer(key, "cam1", spool.state))
+    feed(seg, frames[:75], sound, lag_us=150_000)
+    seg.close()
+    checked = 0
+    for path in spool.ready_segments():
+        data = path.read_bytes()
+        rec = spool.read_metadata(path)["proof"]
+        assert ring.problem(rec) is None
+        units = [u for _, u in units_of(data)]
+        assert rec["audio_packets"] == len(units) > 0
+        assert rec["audio_sha256"] == sound_digest(units), "the record names the TS's sound"
+        for at, checkpoint in proof.checkpoints(path):
+            assert ring.problem(checkpoint) is None and checkpoint["size"] == at
+            before = [u for pos, u in units_of(data[:at]) if pos < at]
+            covered = checkpoint.get("audio_packets", 0)
+            assert len(before) - AUDIO_HELD <= covered <= len(before)
+            if covered:
+                assert checkpoint["audio_sha256"] == sound_digest(before[:covered])
+            checked += 1
+    assert checked > 20, f"only {checked} checkpoints"
+
+
+CRASH = """
+import sys
+from pathlib import Path
+from hatcam.device.segmenter import Segmenter
+from hatcam.device.signing import Signer
+from hatcam.device.spool import Spool
+from hatcam import proof
+from tests.support.sound import FORMAT, aac_packets, camera_frames, feed
+spool = Spool(Path(sys.argv[1])).ensure()
+key = proof.DeviceKey.load(Path(sys.argv[2]))
+seg = Segmenter(spool, "cam1", 320, 240, 30, 1.0, audio=FORMAT, queue_seconds=0,
+                signer=Signer(key, "cam1", spool.state))
+feed(seg, camera_frames(120), aac_packets(190), lag_us=100_000, kill_after=int(sys.argv[3]))
+"""
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory, keyed):
+    """Segments of 4 s of picture and sound, the last one cut by a SIGKILL mid-segment,
+    recovered at the next start; then stitched with the report fetch writes."""
+    base, key, _ = keyed
+    where = tmp_path_factory.mktemp("crashed")
+    spool = Spool(where / "spool").ensure()
+    result = subprocess.run(
+        [sys.executable, "-c", CRASH, str(spool.root), str(base / "device.key"), "250"],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    (cut,) = spool.recording.glob("*.ts")
+    assert recover(spool, "cam1", 30, Signer(key, "cam1", spool.state)) == [spool.ready / cut.name]
+    run = stitched(spool, where / "cam1.mp4")
+    write_report(spool, run, where / "cam1.mp4", key)
+    shutil.copy(base / "cam1.pub", where / "cam1.pub")
+    return where, spool, spool.ready / cut.name
+
+
+def write_report(spool: Spool, run: stitch.Run, mp4, key) -> None:
+    """The proof report as fetch writes it: each record and the MP4 samples it covers."""
+    entries, first, heard = [], 0, 0
+    for placed in run.items:
+        seg = placed.segment
+        placement = {"first_sample": first, "samples": seg.frames, "pts_shift": placed.shift}
+        if seg.audio_packets:
+            placement.update(first_audio_sample=heard, audio_samples=seg.audio_packets)
+        rec = spool.read_metadata(seg.path)["proof"]
+        entries.append({"record": rec, "status": "verified", "mp4": placement})
+        first, heard = first + seg.frames, heard + (seg.audio_packets or 0)
+    report = {"device": "cam1", "keys": [key.public_line("cam1")], "segments": entries}
+    Path(f"{mp4}.proof.json").write_text(json.dumps(report))
+
+
+def verify(where) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "hatcam.cli", "verify", str(where / "cam1.mp4")]
+        + ["--key", str(where / "cam1.pub")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, result.stdout
+
+
+def test_a_segment_with_sound_cut_by_a_crash_is_recovered_and_plays_with_its_sound(crashed):
+    _, spool, cut = crashed
+    rec = spool.read_metadata(cut)
+    assert rec["recovered"] is True
+    video, audio, samples = streams(cut)
+    assert rec["frames"] <= len(video) and rec["frames"] > 0
+    assert 0 < rec["audio_packets"] <= len(audio)
+    assert samples >= rec["audio_packets"] * 1024, "its sound decodes"
+    units = [u for _, u in units_of(cut.read_bytes())]
+    assert rec["proof"]["audio_sha256"] == sound_digest(units[: rec["audio_packets"]])
+
+
+def test_the_mp4s_sound_verifies_and_one_altered_audio_byte_is_refused(crashed, tmp_path):
+    where, spool, _ = crashed
+    status, out = verify(where)
+    assert status == 0, out
+    for name in ("cam1.mp4", "cam1.mp4.proof.json", "cam1.pub"):
+        shutil.copy(where / name, tmp_path / name)
+    mp4 = tmp_path / "cam1.mp4"
+    with av.open(str(mp4)) as container:
+        packet = [p for p in container.demux(audio=0) if p.size > 20][40]
+        at = packet.pos + packet.size // 2
+    data = bytearray(mp4.read_bytes())
+    data[at] ^= 0x01
+    mp4.write_bytes(bytes(data))
+    status, out = verify(tmp_path)
+    assert status == 1, out
+    assert "audio_sha256" in out, out
