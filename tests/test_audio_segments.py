@@ -6,10 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import av
@@ -25,6 +28,9 @@ from hatcam.segment import CLOCK, SegmentRecord, probe, to_ticks
 
 from tests.support.footage import SMALL, metadata
 from tests.support.sound import FORMAT, PACKET_US, aac_packets, camera_frames, feed
+from tests.test_fetch_live import upload_whole
+from tests.test_verified_fetch import T0, clock, only_mp4, proof_report
+from tests.test_verified_fetch import fetch as fetch_cmd
 
 FRAME_TICKS = CLOCK // SMALL["fps"]
 SECONDS = 6
@@ -232,6 +238,10 @@ def test_each_signed_record_and_checkpoint_covers_exactly_the_sound_before_it(
 
 CRASH = """
 import sys
+import threading
+import uuid
+import time
+import uuid
 from pathlib import Path
 from hatcam.device.segmenter import Segmenter
 from hatcam.device.signing import Signer
@@ -322,3 +332,95 @@ def test_the_mp4s_sound_verifies_and_one_altered_audio_byte_is_refused(crashed, 
     status, out = verify(tmp_path)
     assert status == 1, out
     assert "audio_sha256" in out, out
+
+
+# --- fetch: from the cloud and off a card, with `hatcam verify` on what it wrote ---------
+
+
+@pytest.fixture
+def cloud(azurite):
+    name = f"audio-{uuid.uuid4().hex[:12]}"
+    client = azurite.container(name)
+    yield name, client
+    client.delete_container()
+
+
+def test_fetch_keeps_the_sound_reports_its_gap_and_the_mp4_verifies(
+    azurite, cloud, tmp_path, capsys, keyed, frames, sound
+):
+    name, client = cloud
+    folder, key, _ = keyed
+    spool = Spool(tmp_path / "spool").ensure()
+    seg = Segmenter(
+        spool, "cam1", SMALL["width"], SMALL["height"], SMALL["fps"], 1.0, audio=FORMAT,
+        signer=Signer(key, "cam1", spool.state), wall_clock=clock(T0),
+    )  # fmt: skip
+    start = frames[0][2]
+    feed(seg, frames, sound, lag_us=100_000, silent=[(start + 2_500_000, start + 4_500_000)])
+    seg.close()
+    upload_whole(client, spool)
+    out = tmp_path / "out"
+
+    status, text, err = fetch_cmd(capsys, tmp_path, azurite, name, out, keys=folder)
+
+    assert status == 0, text + err
+    mp4 = only_mp4(out)
+    gaps = [line for line in text.splitlines() if "audio gap" in line]
+    assert len(gaps) == 1, text
+    said = float(re.search(r"for (\d+\.\d+)s", gaps[0])[1])
+    assert said == pytest.approx(2.0, abs=0.03), gaps[0]
+    report = proof_report(mp4)
+    [gap] = report["audio_gaps"]
+    assert gap["seconds"] == pytest.approx(2.0, abs=0.03)
+    assert gap["offset"] == pytest.approx(2.5, abs=0.03)
+    with av.open(str(mp4)) as opened:
+        heard = sum(1 for p in opened.demux(audio=0) if p.size)
+    assert heard == sum(s["mp4"].get("audio_samples", 0) for s in report["segments"])
+    status, said = run_verify(mp4, folder)
+    assert status == 0, said
+
+
+def test_a_card_cut_mid_segment_stitches_its_sound_up_to_the_last_checkpoint_and_verifies(
+    tmp_path, capsys, keyed, frames, sound, monkeypatch
+):
+    monkeypatch.setattr("hatcam.device.segmenter.FLUSH_EVERY", 0.25)
+    folder, key, _ = keyed
+    spool = Spool(tmp_path / "spool").ensure()
+    seg = Segmenter(
+        spool, "cam1", SMALL["width"], SMALL["height"], SMALL["fps"], 60.0, audio=FORMAT,
+        signer=Signer(key, "cam1", spool.state),
+    )  # fmt: skip
+    slow = [(d, k, ts) for d, k, ts in frames[:90]]
+    thread = threading.Thread(target=feed, args=(seg, slow, sound[:140]), kwargs={"pace": 0.01})
+    thread.start()
+    thread.join()
+    card = tmp_path / "card"
+    shutil.copytree(spool.root, card)  # the power cut: what the card held, nothing closed
+    seg.close()
+    [open_file] = list((card / "recording").glob("*.ts"))
+    marks = proof.checkpoints(open_file)
+    assert len(marks) >= 2
+    last = marks[-1][1]
+    assert last.get("audio_packets", 0) > 0
+
+    status, text, err = fetch_cmd(
+        capsys, tmp_path, None, None, tmp_path / "out", "--from-card", str(card), keys=folder
+    )
+
+    assert status == 0, text + err
+    mp4 = only_mp4(tmp_path / "out")
+    [entry] = proof_report(mp4)["segments"]
+    assert entry["status"] == "checkpoint"
+    assert entry["mp4"]["audio_samples"] == last["audio_packets"]
+    status, said = run_verify(mp4, folder)
+    assert status == 0, said
+
+
+def run_verify(mp4: Path, keys_dir: Path) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "hatcam.cli", "verify", str(mp4), "--key", str(keys_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, result.stdout + result.stderr

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import threading
+import time
 from array import array
 
 import av
@@ -63,12 +64,15 @@ def camera_frames(count: int) -> list[tuple[bytes, bool, int]]:
     return collect.frames
 
 
-def feed(segmenter, frames, audio, *, lag_us=100_000, start_us=None, silent=(), kill_after=None):
+def feed(
+    segmenter, frames, audio, *, lag_us=100_000, start_us=None, silent=(), kill_after=None, pace=0
+):
     """Video frames and audio packets in the order they reach the segmenter: each audio
     packet ``lag_us`` after its capture time. Audio capture starts at ``start_us`` (the
     first frame's time by default); packets whose capture time falls in a ``silent``
     (from_us, to_us) range are never delivered (a microphone unplugged). ``kill_after``:
-    this process is SIGKILLed after that many frames and packets (a crash). Returns the
+    this process is SIGKILLed after that many frames and packets (a crash). ``pace``:
+    seconds to sleep between deliveries (the writer's syncs need time to pass). Returns the
     (timestamp, data) of the audio packets delivered."""
     start = frames[0][2] if start_us is None else start_us
     events = [(ts, 0, ("video", data, key, ts)) for data, key, ts in frames]
@@ -87,6 +91,8 @@ def feed(segmenter, frames, audio, *, lag_us=100_000, start_us=None, silent=(), 
             if index == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             segmenter.outputframe(data, key, ts, None, audio=kind == "audio")
+            if pace:
+                time.sleep(pace)
 
     thread = threading.Thread(target=run)
     thread.start()
