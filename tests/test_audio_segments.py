@@ -227,6 +227,7 @@ def test_each_signed_record_and_checkpoint_covers_exactly_the_sound_before_it(
         assert rec["audio_sha256"] == sound_digest(units), "the record names the TS's sound"
         for at, checkpoint in proof.checkpoints(path):
             assert ring.problem(checkpoint) is None and checkpoint["size"] == at
+            assert at % 188 == 0, "what is synced (and sent live) ends at a TS packet"
             before = [u for pos, u in units_of(data[:at]) if pos < at]
             covered = checkpoint.get("audio_packets", 0)
             assert len(before) - AUDIO_HELD <= covered <= len(before)
@@ -320,6 +321,9 @@ def test_the_mp4s_sound_verifies_and_one_altered_audio_byte_is_refused(crashed, 
     where, spool, _ = crashed
     status, out = verify(where)
     assert status == 0, out
+    with av.open(str(where / "cam1.mp4")) as opened:
+        heard = sum(1 for p in opened.demux(audio=0) if p.size)
+    assert f"and its {heard} audio samples" in out
     for name in ("cam1.mp4", "cam1.mp4.proof.json", "cam1.pub"):
         shutil.copy(where / name, tmp_path / name)
     mp4 = tmp_path / "cam1.mp4"

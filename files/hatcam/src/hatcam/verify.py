@@ -100,6 +100,7 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     frames: int = 0
+    audio: int = 0  # AAC samples (packets) in the MP4
 
     @property
     def ok(self) -> bool:
@@ -284,7 +285,7 @@ def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
         raise Unreadable(f"--key: no public key in {', '.join(map(str, keys))}")
     mp4 = read_mp4(Path(mp4_path))
     items = read_report(Path(report_path))
-    out = Outcome(frames=len(mp4.samples))
+    out = Outcome(frames=len(mp4.samples), audio=len(mp4.audio))
     for item in items:
         item.problem = _problem(ring, item.record)
         if item.problem:
@@ -399,9 +400,10 @@ def run(mp4: str, report: str | None, keys: list[str], echo=print) -> int:
     for problem in outcome.problems:
         echo(f"bad       {problem}")
     if outcome.ok:
+        sound = f" and its {outcome.audio} audio samples" if outcome.audio else ""
         echo(
-            f"OK: all {outcome.frames} frames of {mp4_path.name} are what the device recorded, "
-            "in order, under valid signatures"
+            f"OK: all {outcome.frames} frames{sound} of {mp4_path.name} are what the device "
+            "recorded, in order, under valid signatures"
         )
         return EXIT_OK
     echo(f"REFUSED: {outcome.problems[0]}")

@@ -15,7 +15,7 @@ same clock and origin as the video's. A segment holds the audio whose PTS lie in
 video range, from its first keyframe to the next segment's; since audio reaches us
 later than the picture (capture latency), the split waits, the old file kept open and
 the new segment's frames held in memory, until audio at or past the split has come
-(at most ``AUDIO_HOLD`` of video, and not at all when no audio is flowing).
+(at most ``AUDIO_HOLD_US`` of video, and not at all when no audio is flowing).
 
 ``outputframe`` runs on the camera's encoder thread, which must never wait for the
 card: picamera2 holds a few camera buffers (6 by default) and each one stays taken
@@ -154,8 +154,9 @@ class SegmentFile:
     frame goes out at once, ahead of it. So the bytes before the tag hold every frame but
     the last one muxed, whole: what the checkpoint covers (with audio newer than that
     frame, the audio is held instead and the frame is covered too). Of the audio, the
-    MPEG-TS muxer may also hold the last packet it took (it gathers small audio packets
-    into one PES): a checkpoint covers all audio packets but the last ``AUDIO_HELD``.
+    MPEG-TS muxer may also hold the last packet it took (it may gather small audio
+    packets into one PES until the next comes): a checkpoint covers all audio packets but
+    the last ``AUDIO_HELD`` muxed.
     """
 
     def __init__(
