@@ -24,7 +24,7 @@ from hatcam.device.signing import Signer
 from hatcam.device.spool import Spool
 from hatcam.fetch import stitch
 from hatcam.proof import AudioDigest
-from hatcam.segment import CLOCK, SegmentRecord, probe, to_ticks
+from hatcam.segment import CLOCK, WRAP, SegmentRecord, probe, to_ticks
 
 from tests.support.footage import SMALL, metadata
 from tests.support.sound import FORMAT, PACKET_US, aac_packets, camera_frames, feed
@@ -153,7 +153,9 @@ def test_the_stitched_mp4_keeps_every_audio_sample_in_sync_with_the_picture(
     offsets = av_offsets(mp4)
     assert len(offsets) == len(in_segments)
     worst = max(abs(a - b) for a, b in zip(offsets, in_segments, strict=True))
-    assert worst <= FRAME_TICKS, f"audio moved {worst} ticks against the picture"
+    # Issue 16 asks for one frame; the remux keeps it to the rounding of the audio
+    # track's timescale (1/48000 s, under 2 ticks).
+    assert worst <= 2 < FRAME_TICKS, f"audio moved {worst} ticks against the picture"
     assert run.audio_gaps == []
 
 
@@ -428,3 +430,32 @@ def run_verify(mp4: Path, keys_dir: Path) -> tuple[int, str]:
         timeout=120,
     )
     return result.returncode, result.stdout + result.stderr
+
+
+def test_across_the_33_bit_wrap_the_sound_stays_with_the_picture(tmp_path, frames, sound):
+    """A run 26.5 hours long, shortened: after its first second the capture clock jumps
+    to 3 s before the MPEG-TS wrap. The files hold PTS modulo 2**33; the MP4 must not."""
+    jump = round(WRAP * 1_000_000 / CLOCK) - 3_000_000 - 1_000_000
+    start = frames[0][2]
+    moved = [(d, k, ts + (jump if i >= SMALL["fps"] else 0)) for i, (d, k, ts) in enumerate(frames)]
+    times = [round(start + i * PACKET_US) for i in range(len(sound))]
+    times = [t + (jump if t >= start + 1_000_000 else 0) for t in times]
+    seg = segmenter(tmp_path / "spool")
+    given = feed(seg, moved, sound, lag_us=100_000, times=times)
+    seg.close()
+    runs, _ = stitch.plan(planned(seg.spool), max_gap=10.0)
+    across = runs[-1]
+    assert len(across.items) >= 5
+    stitch.write(across, tmp_path / "across.mp4")
+    first_video = moved[SMALL["fps"]][2]
+
+    def ticks(us):  # capture time to the device's 90 kHz count (from the run's first frame)
+        return round((us - start) * CLOCK / 1_000_000)
+
+    want = [ticks(t) - ticks(first_video) for t, _ in given if t >= first_video]
+    got = av_offsets(tmp_path / "across.mp4")
+    assert len(got) >= len(want) - 8, "only the tail after the last frame may be left out"
+    assert max(abs(a - b) for a, b in zip(got, want, strict=False)) <= 2
+    with av.open(str(tmp_path / "across.mp4")) as container:
+        samples = sum(f.samples for f in container.decode(audio=0))
+    assert samples == len(got) * 1024

@@ -283,7 +283,12 @@ def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
     (fetch waits there for its download) and may raise to abandon the file.
     """
     tmp = path.with_name(f".{path.name}.part")
-    out = av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"})
+    options = {"movflags": "+faststart"}
+    if any(placed.segment.audio_packets for placed in run.items):
+        # Where the sound starts is an edit list entry, in the movie's timescale: its
+        # default (ms) would move the sound by up to a millisecond against the picture.
+        options["movie_timescale"] = str(CLOCK)
+    out = av.open(str(tmp), "w", format="mp4", options=options)
     frames, first, end = 0, None, 0
     sound = _Sound(run)
     readied = set()
