@@ -459,3 +459,16 @@ def test_across_the_33_bit_wrap_the_sound_stays_with_the_picture(tmp_path, frame
     with av.open(str(tmp_path / "across.mp4")) as container:
         samples = sum(f.samples for f in container.decode(audio=0))
     assert samples == len(got) * 1024
+
+
+def test_without_a_microphone_configured_audio_given_is_ignored_and_segments_stay_video_only(
+    tmp_path, frames, sound
+):
+    spool = Spool(tmp_path / "spool").ensure()
+    seg = Segmenter(spool, "cam1", SMALL["width"], SMALL["height"], SMALL["fps"], 1.0)
+    feed(seg, frames[:60], sound[:90])
+    seg.close()
+    for path in spool.ready_segments():
+        with av.open(str(path)) as container:
+            assert [s.type for s in container.streams] == ["video"]
+        assert not any(key.startswith("audio") for key in metadata(path))
