@@ -14,7 +14,9 @@ A record is a dict, carried as JSON:
   ``sha256`` (of those bytes), ``frames_sha256`` (of the frames' NAL payloads, which
   an MP4 remux keeps: see ``FrameDigest``) and ``prev``: the ``record_hash`` of the
   previous segment record of this device, across boots ("" for its first), so the
-  records form one chain and a missing segment is a break in it.
+  records form one chain and a missing segment is a break in it. A segment with sound
+  also carries ``audio_packets`` and ``audio_sha256`` (of its raw AAC access units, equal
+  in the MPEG-TS and the MP4: see ``AudioDigest``); records without them have no audio.
 - ``kind: "checkpoint"``, made each time the open segment is synced to the card and muxed
   into the segment itself (``id3_priv``: a timed-ID3 PRIV frame, the standard HLS
   metadata stream) at exactly the byte offset ``size`` it covers: the same fields for
@@ -189,6 +191,28 @@ class FrameDigest:
 
     def copy(self) -> FrameDigest:
         return FrameDigest(self.sha.copy())
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+
+class AudioDigest:
+    """SHA-256 over raw AAC access units: for each, its length (4 bytes, big-endian) and
+    its bytes. The MPEG-TS frames each unit in an ADTS header, the MP4 keeps it bare:
+    ``add_adts`` strips the header, so the digest is the same from either."""
+
+    def __init__(self):
+        self.sha = hashlib.sha256()
+
+    def add(self, unit: bytes) -> None:
+        self.sha.update(len(unit).to_bytes(4, "big"))
+        self.sha.update(unit)
+
+    def add_adts(self, data: bytes) -> None:
+        """One ADTS frame (as demuxed from the MPEG-TS); raw when it has no header."""
+        if len(data) >= 7 and data[0] == 0xFF and data[1] & 0xF0 == 0xF0:
+            data = data[7 if data[1] & 1 else 9 :]  # protection_absent=0: a 2-byte CRC
+        self.add(data)
 
     def hexdigest(self) -> str:
         return self.sha.hexdigest()

@@ -120,9 +120,20 @@ def to_ticks(time_base: Fraction):
 # --- what a file holds ----------------------------------------------------------------
 
 
+def adts_whole(data: bytes) -> bool:
+    """Whether an AAC packet read from an MPEG-TS is whole: its ADTS header gives its
+    length, so a packet a crash cut short (the file's last) is told from a whole one."""
+    if len(data) < 7 or data[0] != 0xFF or data[1] & 0xF0 != 0xF0:
+        return len(data) > 0  # no header: nothing says, take it as it is
+    return ((data[3] & 0x03) << 11 | data[4] << 3 | data[5] >> 5) == len(data)
+
+
 @dataclass(frozen=True)
 class Contents:
-    """What a segment file holds: frames, first and last PTS (90 kHz), picture size."""
+    """What a segment file holds: frames, first and last PTS (90 kHz), picture size, and
+    its audio when it has an audio stream: AAC packets (``SAMPLES_PER_PACKET`` samples
+    each) and the first and last packet's PTS, on the video's clock. ``audio_packets``
+    None: no audio stream (a segment recorded without a microphone, or before audio)."""
 
     frames: int
     first_pts: int | None
@@ -132,6 +143,9 @@ class Contents:
     # True when taken from the device's metadata rather than read from the file: such
     # contents are checked against the file while stitching.
     from_metadata: bool = field(default=False, compare=False)
+    audio_packets: int | None = None
+    audio_first_pts: int | None = None
+    audio_last_pts: int | None = None
 
     @property
     def frame_ticks(self) -> int:
@@ -152,6 +166,12 @@ class Contents:
             "width": self.width,
             "height": self.height,
         }
+        if self.audio_packets is not None:
+            out.update(
+                audio_packets=self.audio_packets,
+                audio_first_pts=self.audio_first_pts,
+                audio_last_pts=self.audio_last_pts,
+            )
         if origin and self.from_metadata:
             out["from_metadata"] = True
         return out
@@ -171,6 +191,9 @@ class Contents:
             maybe("width"),
             maybe("height"),
             data.get("from_metadata") is True,
+            maybe("audio_packets"),
+            maybe("audio_first_pts"),
+            maybe("audio_last_pts"),
         )
 
 
@@ -189,6 +212,7 @@ def probe(
     import av  # here, not at the top: the uploader never demuxes and runs on 512 MB
 
     frames, first, last, width, height = 0, None, None, None, None
+    audio = None  # [packets, first, last] when the file has an audio stream
     try:
         with av.open(str(path), format="h264" if legacy else "mpegts") as container:
             if not container.streams.video:
@@ -196,8 +220,15 @@ def probe(
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             ticks = to_ticks(stream.time_base)
-            for packet in container.demux(stream):
+            streams = [stream, *container.streams.audio[:1]]
+            if len(streams) > 1:
+                audio = [0, None, None]
+            for packet in container.demux(streams):
                 if packet.size == 0 or (packet.pts is None and not legacy):
+                    continue
+                if packet.stream.type == "audio":
+                    if adts_whole(bytes(packet)):
+                        _count_audio(audio, to_ticks(packet.time_base)(packet.pts), near, first)
                     continue
                 frames += 1
                 if not legacy:
@@ -213,7 +244,23 @@ def probe(
         log.warning("%s: read stopped early (%s); keeping %d frames", path.name, exc, frames)
     if frames == 0:
         raise ValueError(f"{path.name}: holds no video frame")
-    return Contents(frames, first, last, width, height)
+    keys = ("audio_packets", "audio_first_pts", "audio_last_pts")
+    audio = dict(zip(keys, audio or (), strict=False))
+    return Contents(frames, first, last, width, height, **audio)
+
+
+def _count_audio(audio: list, pts: int, near: int | None, first: int | None) -> None:
+    """One audio packet into ``[packets, first, last]``, unwrapped as probe's video is."""
+    last = audio[2]
+    if last is not None:
+        pts = unwrap(pts, last)
+    elif near is not None or first is not None:
+        pts = unwrap(pts, near if near is not None else first)
+    else:
+        pts %= WRAP
+    audio[0] += 1
+    audio[1] = pts if audio[1] is None else min(audio[1], pts)
+    audio[2] = pts if last is None else max(last, pts)
 
 
 # --- the record: sidecar JSON and blob metadata ---------------------------------------

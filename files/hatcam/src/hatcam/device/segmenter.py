@@ -9,6 +9,14 @@ frame of this run, so they continue across segment boundaries, and past the
 modulo 2**33 as MPEG-TS must. MPEG-TS needs no index at the end: a segment cut
 short by a power loss still plays.
 
+With a microphone (``audio``), each segment carries a second stream: the AAC packets
+capture hands to the same seam (``audio=True``), never re-encoded, their PTS on the
+same clock and origin as the video's. A segment holds the audio whose PTS lie in its
+video range, from its first keyframe to the next segment's; since audio reaches us
+later than the picture (capture latency), the split waits, the old file kept open and
+the new segment's frames held in memory, until audio at or past the split has come
+(at most ``AUDIO_HOLD_US`` of video, and not at all when no audio is flowing).
+
 ``outputframe`` runs on the camera's encoder thread, which must never wait for the
 card: picamera2 holds a few camera buffers (6 by default) and each one stays taken
 until ``outputframe`` returns, so a card that stalls a write for 200 ms would make the
@@ -27,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +54,7 @@ from ..segment import (
     frame_ticks,
     probe,
 )
+from .audio import SAMPLES_PER_PACKET, AudioFormat
 from .signing import CHECKPOINT_OPTIONS, Signer, record_fields, salvage_scan
 from .spool import Spool
 
@@ -58,6 +68,13 @@ FLUSH_EVERY = 1.0  # seconds: the most a power cut may take from the open segmen
 # bench), a few MB at most on a Zero's 512 MB.
 QUEUE_SECONDS = 2.0
 DRAIN_SECONDS = 10.0  # the most close() waits for the writer before leaving it to recover()
+# How long a split waits for late audio, in video time: capture latency is 20-150 ms, so
+# audio at or past the split has come by then unless the microphone stopped. It costs
+# that much video held in memory (0.5 s at 4 Mbit/s: 250 kB).
+AUDIO_HOLD_US = 500_000
+# Audio whose latest packet is older than this (video time) is not flowing (microphone
+# unplugged): a split then does not wait for it.
+AUDIO_STALE_US = 1_000_000
 
 _paced = threading.local()
 
@@ -69,6 +86,7 @@ def frames_may_wait() -> None:
     _paced.waits = True
 
 
+AUDIO_HELD = 2  # audio packets a checkpoint leaves out: what the muxer may still hold
 _TIME_ERROR = 5  # adjtimex() state when the kernel clock is not NTP-synchronised
 
 
@@ -134,7 +152,11 @@ class SegmentFile:
     flushed as muxed and an interleave delta of 1 us, the muxer holds back only the frame
     just muxed (it waits for the next to interleave), and a tag timed just before that
     frame goes out at once, ahead of it. So the bytes before the tag hold every frame but
-    the last one muxed, whole: what the checkpoint covers.
+    the last one muxed, whole: what the checkpoint covers (with audio newer than that
+    frame, the audio is held instead and the frame is covered too). Of the audio, the
+    MPEG-TS muxer may also hold the last packet it took (it may gather small audio
+    packets into one PES until the next comes): a checkpoint covers all audio packets but
+    the last ``AUDIO_HELD`` muxed.
     """
 
     def __init__(
@@ -145,6 +167,7 @@ class SegmentFile:
         height: int,
         fps: int,
         signer: Signer | None = None,
+        audio: AudioFormat | None = None,
     ):
         self.path = path
         self.name = name
@@ -155,11 +178,28 @@ class SegmentFile:
         # segment however often its bytes were synced.
         fsync_dir(path.parent)
         self.writer = _HashingWriter(self.fh, sha256=signer is not None)
-        options = CHECKPOINT_OPTIONS if signer else {"flush_packets": "1"}
+        # Two streams: the muxer's interleaving must not hold video back waiting for
+        # audio (by default up to 10 s), so it holds only the packet just muxed.
+        options = CHECKPOINT_OPTIONS if signer or audio else {"flush_packets": "1"}
         self.container = av.open(self.writer, "w", format="mpegts", container_options=options)
         self.stream = self.container.add_stream("h264", rate=fps)
         self.stream.width, self.stream.height = width, height
         self.stream.time_base = TIME_BASE
+        self.audio = None
+        if audio is not None:
+            # Raw access units: with the AudioSpecificConfig as extradata the muxer frames
+            # each one in an ADTS header, as MPEG-TS wants.
+            self.audio = self.container.add_stream("aac", rate=audio.rate)
+            self.audio.codec_context.layout = "mono" if audio.channels == 1 else "stereo"
+            self.audio.codec_context.extradata = audio.extradata()
+            self.audio.time_base = TIME_BASE
+            self.audio_ticks = round(SAMPLES_PER_PACKET * CLOCK / audio.rate)
+        # The audio digest runs AUDIO_HELD packets behind (``recent``): what checkpoints cover.
+        self.audio_digest = proof.AudioDigest() if signer and audio else None
+        self.audio_recent: deque[bytes] = deque()
+        self.audio_packets = 0
+        self.audio_first_pts: int | None = None
+        self.audio_last_pts: int | None = None
         self.data = None
         if signer is not None and DATA_STREAMS:
             self.data = self.container.add_data_stream("timed_id3")
@@ -194,6 +234,24 @@ class SegmentFile:
         if time.monotonic() - self.last_sync >= FLUSH_EVERY:
             self.sync()
 
+    def write_audio(self, data: bytes, pts: int) -> None:
+        packet = av.Packet(data)
+        packet.stream = self.audio
+        packet.time_base = TIME_BASE
+        packet.pts = packet.dts = pts
+        packet.duration = self.audio_ticks
+        self.container.mux(packet)
+        self.audio_packets += 1
+        if self.audio_first_pts is None:
+            self.audio_first_pts = pts
+        self.audio_last_pts = pts
+        if self.audio_digest is not None:
+            self.audio_recent.append(data)
+            if len(self.audio_recent) > AUDIO_HELD:
+                self.audio_digest.add(self.audio_recent.popleft())
+        if time.monotonic() - self.last_sync >= FLUSH_EVERY:
+            self.sync()
+
     def _release_held(self) -> None:
         if self.held is not None:
             self.digest.add_annexb(self.held[0])
@@ -202,10 +260,18 @@ class SegmentFile:
 
     def _checkpoint(self) -> None:
         """A signed checkpoint of the bytes written so far (see the class docstring)."""
-        covered = self.frames - 1  # the last frame muxed is still held by the muxer
+        if self.audio_last_pts is not None and self.audio_last_pts > self.last_pts:
+            self._release_held()  # audio newer than it is held instead: the frame is out
+        covered = self.frames - (self.held is not None)
         if self.data is None or covered < 1:
             return
-        contents = Contents(covered, self.first_pts, self.covered_last_pts)
+        audio, audio_sha256 = None, None
+        if self.audio_digest is not None:
+            audio = self.audio_packets - len(self.audio_recent)
+            audio_sha256 = self.audio_digest.hexdigest() if audio else None
+        contents = Contents(
+            covered, self.first_pts, self.covered_last_pts, audio_packets=audio or None
+        )
         fields = record_fields(
             self.name,
             contents,
@@ -213,6 +279,7 @@ class SegmentFile:
             size=self.writer.size,
             sha256=self.writer.sha256.copy().hexdigest(),
             frames_sha256=self.digest.hexdigest(),
+            audio_sha256=audio_sha256,
             prev=self.prev,
         )
         tag = av.Packet(proof.id3_priv(self.signer.checkpoint(fields)))
@@ -246,9 +313,11 @@ class SegmentFile:
         self.fh.close()
         if self.digest is not None:
             self._release_held()
+        while self.audio_recent:
+            self.audio_digest.add(self.audio_recent.popleft())
 
     def segment_fields(self, contents: Contents) -> dict:
-        """The closed segment's record: the whole file, every frame."""
+        """The closed segment's record: the whole file, every frame and audio packet."""
         return record_fields(
             self.name,
             contents,
@@ -256,7 +325,20 @@ class SegmentFile:
             size=self.writer.size,
             sha256=self.writer.sha256.hexdigest(),
             frames_sha256=self.digest.hexdigest(),
+            audio_sha256=self.audio_digest.hexdigest() if self.audio_packets else None,
             prev=self.prev,
+        )
+
+    def contents(self, width: int | None = None, height: int | None = None) -> Contents:
+        return Contents(
+            self.frames,
+            self.first_pts,
+            self.last_pts,
+            width,
+            height,
+            audio_packets=self.audio_packets if self.audio is not None else None,
+            audio_first_pts=self.audio_first_pts,
+            audio_last_pts=self.audio_last_pts,
         )
 
     def abort(self) -> None:
@@ -293,6 +375,13 @@ class Segmenter:
     ``signer`` (the device key, hatcam.device.signing): each segment gets a signed,
     chained record in its sidecar, and checkpoints inside it at every sync. None: the
     footage is unsigned, as before the device had a key.
+
+    ``audio`` (the microphone's format): packets given with ``audio=True`` go into the
+    open segment as a second stream (see the module's docstring). They share the queue,
+    which holds ``queue_seconds`` of audio beside the video; when the audio's share is
+    full the packet is dropped (counted in ``audio_dropped``, a hole in the sound only:
+    video's overflow rules are unchanged). ``audio_gaps`` counts jumps in the audio's
+    timestamps (a microphone unplugged and back), ``audio_gap_us`` their length.
     """
 
     def __init__(
@@ -308,9 +397,11 @@ class Segmenter:
         on_frame: Callable[[], None] = lambda: None,
         queue_seconds: float = QUEUE_SECONDS,
         signer: Signer | None = None,
+        audio: AudioFormat | None = None,
     ):
         self.spool = spool
         self.signer = signer
+        self.audio = audio
         self.device = device
         self.width, self.height, self.fps = width, height, fps
         self.segment_us = int(segment_seconds * 1_000_000)
@@ -336,7 +427,19 @@ class Segmenter:
         self.failed: BaseException | None = None
         self.queue_seconds = queue_seconds
         self.queue_frames = math.ceil(queue_seconds * fps)  # 0: write inline
-        self._queue: deque[tuple[bytes | None, bool, int, int]] = deque()
+        self._queue: deque[tuple[bytes | None, bool, int, int, bool]] = deque()
+        self._queued_video = 0
+        self._queued_audio = 0
+        per_second = audio.rate / SAMPLES_PER_PACKET if audio else 0
+        self.queue_audio = math.ceil(queue_seconds * per_second)
+        self.audio_dropped = 0  # audio packets no segment holds (queue full, paused, late)
+        self.audio_gaps = 0
+        self.audio_gap_us = 0
+        self._last_audio_timestamp: int | None = None  # as given (caller's thread)
+        self._audio_seen: int | None = None  # the latest audio timestamp the writer took
+        # A split held back for late audio: the new segment's frames, and its first PTS.
+        self._pending: list[tuple[bytes, bool, int]] | None = None
+        self._split_pts = 0
         self._queued = threading.Condition()
         self._dropping = 0  # frames dropped in the current episode (queue full)
         self._writer: threading.Thread | None = None
@@ -349,6 +452,14 @@ class Segmenter:
     # picamera2's Output.outputframe signature (timestamp in microseconds).
     def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
         if audio:
+            if self.audio is None or timestamp is None:
+                return  # no audio configured: dropped, as before audio existed
+            self._count_audio_gap(int(timestamp))
+            if not self.queue_frames:
+                with self.lock:
+                    self._audio_packet(bytes(frame), int(timestamp))
+                return
+            self._enqueue(bytes(frame), True, int(timestamp), audio=True)
             return
         self.last_frame_at = time.monotonic()
         self.on_frame()
@@ -371,21 +482,44 @@ class Segmenter:
                 self.camera_skipped += round(gap / interval) - 1
         self._last_timestamp = timestamp
 
-    def _enqueue(self, data: bytes, keyframe: bool, timestamp: int) -> None:
+    def _count_audio_gap(self, timestamp: int) -> None:
+        """The microphone stopped (unplugged) and came back: a jump in its timestamps."""
+        last, self._last_audio_timestamp = self._last_audio_timestamp, timestamp
+        if last is None:
+            return
+        gap = timestamp - last - self.audio.packet_us()
+        if gap > self.audio.packet_us():
+            self.audio_gaps += 1
+            self.audio_gap_us += round(gap)
+            log.warning("audio gap: %.3f s without sound (microphone unplugged?)", gap / 1e6)
+
+    def _enqueue(self, data: bytes, keyframe: bool, timestamp: int, audio: bool = False) -> None:
         with self._queued:
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="segment-writer")
                 self._writer.daemon = True  # close() joins it; a hung card must not hang exit
                 self._writer.start()
+            if audio:
+                if getattr(_paced, "waits", False):
+                    while self._queued_audio >= self.queue_audio and self.failed is None:
+                        self._queued.wait()
+                if self._queued_audio >= self.queue_audio:
+                    self.audio_dropped += 1
+                    return
+                self._queue.append((data, True, timestamp, 0, True))
+                self._queued_audio += 1
+                self._queued.notify_all()
+                return
             if getattr(_paced, "waits", False):
-                while len(self._queue) >= self.queue_frames and self.failed is None:
+                while self._queued_video >= self.queue_frames and self.failed is None:
                     self._queued.wait()
-            full = len(self._queue) >= self.queue_frames
+            full = self._queued_video >= self.queue_frames
             if full or (self._dropping and not keyframe):
                 self._dropping += 1
                 self.dropped_queue_full += 1
                 return
-            self._queue.append((data, keyframe, timestamp, self._dropping))
+            self._queue.append((data, keyframe, timestamp, self._dropping, False))
+            self._queued_video += 1
             self._dropping = 0
             self._queued.notify_all()
 
@@ -396,7 +530,11 @@ class Segmenter:
                 with self._queued:
                     while not self._queue:
                         self._queued.wait()
-                    data, keyframe, timestamp, dropped_before = self._queue.popleft()
+                    data, keyframe, timestamp, dropped_before, audio = self._queue.popleft()
+                    if audio:
+                        self._queued_audio -= 1
+                    elif data is not None:
+                        self._queued_video -= 1
                     self._queued.notify_all()  # room for a producer that waits
                 if dropped_before:
                     log.warning(
@@ -408,9 +546,12 @@ class Segmenter:
                 self.last_written_at = time.monotonic()
                 with self.lock:
                     if data is None:  # close(): the last segment is closed properly
-                        self._close()
+                        self._close_all()
                         return
-                    self._frame(data, keyframe, timestamp)
+                    if audio:
+                        self._audio_packet(data, timestamp)
+                    else:
+                        self._frame(data, keyframe, timestamp)
         except BaseException as exc:
             log.exception("the segment writer failed: %s", exc)
             with self._queued:
@@ -428,12 +569,75 @@ class Segmenter:
         if self.paused:
             self.dropped_writing += 1
             return
+        if self._pending is not None:  # a split waiting for late audio
+            self._pending.append((data, keyframe, timestamp))
+            if timestamp - self._pending[0][2] >= AUDIO_HOLD_US:
+                log.info("no audio past the split within %g s: split anyway", AUDIO_HOLD_US / 1e6)
+                self._split()
+            return
         if (
             self.current is not None
             and keyframe
             and timestamp - self.segment_start_us >= self.segment_us
         ):
+            if self._audio_behind(timestamp):
+                self._pending = [(data, keyframe, timestamp)]
+                self._split_pts = self._pts(timestamp)
+                return
             self._close()
+        self._place(data, keyframe, timestamp)
+
+    def _pts(self, timestamp: int) -> int:
+        return round((timestamp - self.run_start_us) * CLOCK / 1_000_000)
+
+    def _audio_behind(self, timestamp: int) -> bool:
+        """Whether a split at ``timestamp`` should wait for audio: it is flowing, and
+        has not yet reached the split."""
+        if self.audio is None or self._audio_seen is None:
+            return False
+        return timestamp - AUDIO_STALE_US <= self._audio_seen < timestamp
+
+    def _split(self) -> None:
+        """Close the segment held open for late audio, and start the next with the frames
+        held meanwhile."""
+        pending, self._pending = self._pending, None
+        self._close()
+        for data, keyframe, timestamp in pending or ():
+            self._place(data, keyframe, timestamp)
+
+    def _close_all(self) -> None:
+        """Close what is open, frames held for a split included (each in its segment)."""
+        if self._pending is not None:
+            self._split()
+        self._close()
+
+    def _audio_packet(self, data: bytes, timestamp: int) -> None:
+        """One AAC packet into the segment whose video range holds its PTS; dropped (and
+        counted) when no open segment does: before the first frame, while paused, or
+        later than a split could wait for."""
+        self._audio_seen = timestamp
+        if self.run_start_us is None:
+            self.audio_dropped += 1
+            return
+        pts = self._pts(timestamp)
+        if self._pending is not None and pts >= self._split_pts:
+            self._split()
+        segment = self.current
+        if (
+            segment is None
+            or segment.first_pts is None
+            or pts < segment.first_pts
+            or (segment.audio_last_pts is not None and pts <= segment.audio_last_pts)
+        ):
+            self.audio_dropped += 1
+            return
+        try:
+            segment.write_audio(data, pts)
+        except (OSError, av.error.FFmpegError) as exc:
+            self._write_failed(exc)
+
+    def _place(self, data: bytes, keyframe: bool, timestamp: int) -> None:
+        """A video frame into the open segment, opening one at a keyframe if none is."""
         if self.current is None:
             if not keyframe:  # a segment must start with a keyframe to play on its own
                 self.dropped_writing += 1
@@ -454,9 +658,8 @@ class Segmenter:
                     self.frames_dropped,
                 )
                 self.card_failing = False
-        pts = round((timestamp - self.run_start_us) * CLOCK / 1_000_000)
         try:
-            self.current.write(data, keyframe, pts)
+            self.current.write(data, keyframe, self._pts(timestamp))
         except (OSError, av.error.FFmpegError) as exc:
             self._write_failed(exc)
 
@@ -489,7 +692,7 @@ class Segmenter:
         ok = self.room()
         if not ok and not self.paused:
             log.warning("disk floor reached: recording paused until space is freed")
-            self._close()
+            self._close_all()
             self.paused = True
         elif ok and self.paused:
             log.warning(
@@ -509,6 +712,7 @@ class Segmenter:
             self.height,
             self.fps,
             self.signer,
+            self.audio,
         )
 
     def _close(self) -> None:
@@ -518,9 +722,7 @@ class Segmenter:
         try:
             segment.close()
             # The sidecar: what the segment holds, so nothing downstream has to demux it.
-            contents = Contents(
-                segment.frames, segment.first_pts, segment.last_pts, self.width, self.height
-            )
+            contents = segment.contents(self.width, self.height)
             # Signed (and made the chain's end) before the commit: see signing.py.
             signed = self.signer.segment(segment.segment_fields(contents)) if self.signer else None
             record = SegmentRecord.made(
@@ -550,12 +752,12 @@ class Segmenter:
         with self._queued:
             writer, self._writer = self._writer, None
             if writer is not None:
-                self._queue.append((None, False, 0, self._dropping))
+                self._queue.append((None, False, 0, self._dropping, False))
                 self._dropping = 0
                 self._queued.notify_all()
         if writer is None:
             with self.lock:
-                self._close()
+                self._close_all()
             return
         writer.join(DRAIN_SECONDS)
         if writer.is_alive():
@@ -567,7 +769,7 @@ class Segmenter:
             )
         elif self.failed is not None:
             with self.lock, contextlib.suppress(Exception):
-                self._close()  # best effort: recover() at the next start otherwise
+                self._close_all()  # best effort: recover() at the next start otherwise
 
     @property
     def current_name(self) -> str | None:
@@ -612,6 +814,7 @@ def salvage(
                     size=held.size,
                     sha256=held.sha256,
                     frames_sha256=held.frames_sha256,
+                    audio_sha256=held.audio_sha256,
                     prev=signer.prev_for(name.filename),
                     recovered=True,
                 )
@@ -624,7 +827,7 @@ def salvage(
         return None
     # The picture size is left for fetch to read from the file; whether the clock was
     # synchronised back then is unknown: say no.
-    contents = Contents(contents.frames, contents.first_pts, contents.last_pts)
+    contents = replace(contents, width=None, height=None)
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
     if signer is not None:

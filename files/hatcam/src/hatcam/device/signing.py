@@ -25,6 +25,7 @@ from ..segment import (
     Contents,
     SegmentName,
     SegmentRecord,
+    adts_whole,
     iso,
     to_ticks,
     unwrap,
@@ -89,11 +90,17 @@ def record_fields(
     frames_sha256: str,
     prev: str,
     recovered: bool = False,
+    audio_sha256: str | None = None,
 ) -> dict:
     """What a record (segment or checkpoint) says of the footage it covers; start and end
-    as the sidecar has them (``SegmentRecord.made``)."""
+    as the sidecar has them (``SegmentRecord.made``). With audio (``audio_sha256``), also
+    its packet count and digest (``proof.AudioDigest``)."""
     made = SegmentRecord.made("", name, contents, fps, False)
+    audio = {}
+    if audio_sha256 is not None:
+        audio = {"audio_packets": contents.audio_packets, "audio_sha256": audio_sha256}
     return {
+        **audio,
         "boot": name.boot,
         "seq": name.seq,
         "name": name.filename,
@@ -118,6 +125,7 @@ class Salvaged:
     size: int
     sha256: str
     frames_sha256: str
+    audio_sha256: str | None = None  # when the segment has an audio stream
 
 
 class _Prefix:
@@ -160,6 +168,7 @@ def salvage_scan(path: Path, near: int | None = None) -> Salvaged | None:
             sha.update(chunk)
             left -= len(chunk)
     frames: list[tuple[int, int, bytes]] = []  # (offset, pts, data)
+    audio: list[tuple[int, int, bytes]] | None = None  # the same, for AAC packets
     # Where the last data packet (a checkpoint) starts: at the file's end the demuxer
     # hands out what it holds in no particular order, so offsets tell what came after.
     last_data = -1
@@ -170,6 +179,9 @@ def salvage_scan(path: Path, near: int | None = None) -> Salvaged | None:
                 if not container.streams.video:
                     return None
                 streams = [container.streams.video[0], *container.streams.data[:1]]
+                if container.streams.audio:
+                    streams.append(container.streams.audio[0])
+                    audio = []
                 ticks = to_ticks(streams[0].time_base or TIME_BASE)
                 try:
                     for packet in container.demux(streams):
@@ -179,15 +191,21 @@ def salvage_scan(path: Path, near: int | None = None) -> Salvaged | None:
                             frames.append((packet.pos, ticks(packet.pts), bytes(packet)))
                         elif packet.stream.type == "data" and packet.pos is not None:
                             last_data = max(last_data, packet.pos)
+                        elif packet.stream.type == "audio" and None not in (packet.pts, packet.pos):
+                            audio.append((packet.pos, ticks(packet.pts), bytes(packet)))
                 except av.error.FFmpegError:
                     torn = True  # the last frame read is suspect
         except av.error.FFmpegError:
             return None
     frames.sort(key=lambda frame: frame[0])
-    if frames and (torn or last_data < frames[-1][0]):
+    # A packet is whole when another starts after it (the muxer writes each in one go).
+    last_start = max([last_data, *(a[0] for a in audio or ())])
+    if frames and (torn or last_start < frames[-1][0]):
         frames.pop()
     if not frames:
         return None
+    if audio is not None:  # an audio PES gives its length: a torn one is told apart
+        audio = [unit for unit in sorted(audio, key=lambda u: u[0]) if adts_whole(unit[2])]
     digest = proof.FrameDigest()
     first = last = None
     for _, pts, data in frames:
@@ -197,5 +215,13 @@ def salvage_scan(path: Path, near: int | None = None) -> Salvaged | None:
             first = last
         else:
             last = unwrap(pts, last)
-    contents = Contents(len(frames), first, last)
-    return Salvaged(contents, size, sha.hexdigest(), digest.hexdigest())
+    audio_sha256, counts = None, ()
+    if audio is not None:
+        sound = proof.AudioDigest()
+        for _, _, data in audio:
+            sound.add_adts(data)
+        pts = [unwrap(unit[1], first) for unit in audio]
+        counts = (len(audio), min(pts, default=None), max(pts, default=None))
+        audio_sha256 = sound.hexdigest() if audio else None
+    contents = Contents(len(frames), first, last, None, None, False, *counts)
+    return Salvaged(contents, size, sha.hexdigest(), digest.hexdigest(), audio_sha256)

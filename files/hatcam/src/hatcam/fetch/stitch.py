@@ -11,6 +11,12 @@ file as they happened (the picture holds) and are reported.
 
 Legacy raw ``.h264`` has no timestamps: its frames get ``1/fps`` each, and
 each file is placed by the time in its name (one-second precision).
+
+Sound (segments with an AAC stream) is copied beside the picture, its packets shifted
+exactly as their segment's frames are, so it stays in sync across segments and runs.
+Where the sound stops while the picture goes on (a microphone unplugged, segments
+recorded without one) the file has no audio there: each such stretch is an audio gap,
+reported as video gaps are.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from ..segment import (
     TIME_BASE,
     WRAP,
     Contents,
+    adts_whole,
     duration,
     frame_ticks,
+    iso,
     probe,
     to_ticks,
     unwrap,
@@ -41,6 +49,11 @@ LEGACY_SLOP = 1.0  # seconds: legacy names have whole seconds, so smaller gaps a
 # segment starts at most this long after the previous one's last frame on the 33-bit
 # clock. A longer gap across the wrap is placed by the wall clock, as a restart is.
 WRAP_WINDOW = 600 * CLOCK
+# Sound missing for longer than this is an audio gap: half an AAC packet (1024 samples)
+# is rounding, a whole one missing is not.
+AUDIO_GAP_TICKS = CLOCK // 50
+# At a file's start and end, sound may begin a capture latency after the picture.
+AUDIO_EDGE_TICKS = CLOCK // 2
 
 
 @dataclass
@@ -63,6 +76,10 @@ class Segment:
     # An unfinished segment: only its first ``frames`` frames are whole (the rest, a torn
     # last frame, is left out).
     cut: bool = False
+    audio_packets: int | None = None  # AAC packets; None: no audio stream (or not known)
+    # Only the first ``audio_packets`` are taken (a prefix a checkpoint verifies: the
+    # file may hold a packet or two more than it covers).
+    audio_prefix: bool = False
 
     @classmethod
     def from_contents(
@@ -83,6 +100,7 @@ class Segment:
             first, last = 0, (contents.frames - 1) * ticks
         else:
             first, last, ticks = contents.first_pts, contents.last_pts, contents.frame_ticks
+        audio = None if cut else contents.audio_packets  # a torn end: counted while copying
         return cls(
             name,
             Path(path),
@@ -98,6 +116,7 @@ class Segment:
             seq,
             legacy_fps is not None,
             cut,
+            audio,
         )
 
     @property
@@ -126,10 +145,29 @@ class Gap:
 
 
 @dataclass
+class AudioGap:
+    at: datetime  # wall clock where the sound stops
+    seconds: float
+
+    def to_dict(self, start: datetime) -> dict:
+        """JSON form (the proof report's), also placed by its offset in the file (seconds
+        from ``start``)."""
+        offset = round((self.at - start).total_seconds(), 3)
+        return {"from": iso(self.at), "offset": offset, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict, start: datetime) -> AudioGap:
+        return cls(start + timedelta(seconds=data["offset"]), data["seconds"])
+
+
+@dataclass
 class Run:
     device: str
     items: list[Placed] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)  # bridged inside this file
+    # Where the file has picture but no sound (found by ``write``): empty without audio.
+    audio_gaps: list[AudioGap] = field(default_factory=list)
+    audio_packets: int = 0  # AAC packets written (by ``write``)
 
     @property
     def start(self) -> datetime:
@@ -245,21 +283,37 @@ def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
     (fetch waits there for its download) and may raise to abandon the file.
     """
     tmp = path.with_name(f".{path.name}.part")
-    out = av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"})
+    options = {"movflags": "+faststart"}
+    if any(placed.segment.audio_packets for placed in run.items):
+        # Where the sound starts is an edit list entry, in the movie's timescale: its
+        # default (ms) would move the sound by up to a millisecond against the picture.
+        options["movie_timescale"] = str(CLOCK)
+    out = av.open(str(tmp), "w", format="mp4", options=options)
     frames, first, end = 0, None, 0
+    sound = _Sound(run)
+    readied = set()
+
+    def opened(seg: Segment):
+        if ready is not None and seg.name not in readied:
+            ready(seg)
+            readied.add(seg.name)
+        return av.open(str(seg.path), format="h264" if seg.legacy else "mpegts")
+
     try:
         out.metadata["creation_time"] = run.start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         target = None
         for placed in run.items:
             seg = placed.segment
-            if ready is not None:
-                ready(seg)
-            with av.open(str(seg.path), format="h264" if seg.legacy else "mpegts") as src:
+            with opened(seg) as src:
                 stream = src.streams.video[0]
                 if target is None:
                     target = out.add_stream_from_template(stream)
                     target.time_base = TIME_BASE
-                count, low, high = _copy(src, stream, target, placed, out)
+                    sound.target = _audio_target(run, out, opened, src)
+                audio = src.streams.audio[0] if src.streams.audio else None
+                if sound.target is None:
+                    audio = None
+                count, low, high = _copy(src, stream, target, placed, out, audio, sound)
             if count != seg.frames:
                 raise ValueError(f"{seg.name}: holds {count} frames, not {seg.frames}")
             frames += count
@@ -271,6 +325,8 @@ def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
         raise
     out.close()
     ticks = end - (first or 0)
+    run.audio_gaps = sound.gaps(first or 0, end)
+    run.audio_packets = sound.packets
     if reread:
         frames, ticks = measure(tmp)
     if frames != run.frames or abs(ticks - run.duration_ticks) > run.items[-1].segment.ticks:
@@ -282,14 +338,82 @@ def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
     os.replace(tmp, path)
 
 
-def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
-    """Mux one segment's packets; (frames, first pts, end) on the output timeline."""
+class _Sound:
+    """The audio of one file being written: its stream, and where it has sound."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.target = None
+        self.packets = 0
+        self.spans: list[tuple[int, int]] = []  # (pts, end) of each packet, output timeline
+
+    def add(self, pts: int, length: int) -> None:
+        self.packets += 1
+        self.spans.append((pts, pts + length))
+
+    def gaps(self, first: int, end: int) -> list[AudioGap]:
+        """Stretches of the file with picture and no sound."""
+        if self.target is None:
+            return []
+        found, at = [], first
+        spans = sorted(self.spans)
+        for index, (pts, stop) in enumerate([*spans, (end, end)]):
+            edge = index == 0 or index == len(spans)
+            if pts - at > (AUDIO_EDGE_TICKS if edge else AUDIO_GAP_TICKS):
+                moment = self.run.start + timedelta(seconds=(at - first) / CLOCK)
+                found.append(AudioGap(moment, round((pts - at) / CLOCK, 3)))
+            at = max(at, stop)
+        return found
+
+
+def _audio_target(run: Run, out, opened, src):
+    """The MP4's audio stream, from the first segment of the run that has sound (None
+    when none has): every stream must exist before the first packet is written."""
+    for placed in run.items:
+        seg = placed.segment
+        if seg.legacy or seg.audio_packets == 0:
+            continue
+        if placed is run.items[0]:
+            streams = src.streams.audio
+            if streams:
+                return out.add_stream_from_template(streams[0])
+            continue
+        if seg.audio_packets is None:
+            continue
+        with opened(seg) as other:
+            if other.streams.audio:
+                return out.add_stream_from_template(other.streams.audio[0])
+    return None
+
+
+def _copy(
+    src, stream, target, placed: Placed, out, audio=None, sound: _Sound | None = None
+) -> tuple[int, int, int]:
+    """Mux one segment's packets; (frames, first pts, end) on the output timeline. Its
+    audio packets (``audio``: the segment's audio stream) go to ``sound``'s stream."""
     seg = placed.segment
     index, first, end = 0, None, 0
     ticks = to_ticks(stream.time_base)
     near = seg.first_pts  # the file's PTS are 33-bit: unwrapped on the segment's count
-    for packet in src.demux(stream):
+    heard, audio_near = 0, seg.first_pts
+    for packet in src.demux(*([stream, audio] if audio is not None else [stream])):
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
+            continue
+        if packet.stream is audio:
+            if seg.audio_prefix and heard >= (seg.audio_packets or 0):
+                continue
+            if not adts_whole(bytes(packet)):
+                continue  # cut short by a crash: probe does not count it either
+            audio_near = unwrap(to_ticks(audio.time_base)(packet.pts), audio_near)
+            length = packet.duration and to_ticks(audio.time_base)(packet.duration)
+            length = length or round(1024 * CLOCK / (audio.sample_rate or 48000))
+            packet.stream = sound.target
+            packet.time_base = TIME_BASE
+            packet.pts = packet.dts = audio_near + placed.shift
+            packet.duration = length
+            out.mux(packet)
+            sound.add(audio_near + placed.shift, length)
+            heard += 1
             continue
         if seg.legacy:
             pts = dts = index * seg.ticks
@@ -307,6 +431,11 @@ def _copy(src, stream, target, placed: Placed, out) -> tuple[int, int, int]:
         end = max(end, pts + seg.ticks)
         if seg.cut and index == seg.frames:
             break  # before the demuxer reads on into what follows (torn, or unknown)
+    expected = seg.audio_packets
+    if expected is not None and sound is not None and sound.target and heard != expected:
+        raise ValueError(f"{seg.name}: holds {heard} audio packets, not {expected}")
+    if expected is None and heard:
+        seg.audio_packets = heard  # a torn segment's: what the MP4 holds of it
     return index, first if first is not None else 0, end
 
 
