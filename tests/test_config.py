@@ -33,6 +33,29 @@ BAD = [
     ({"IMAGE_CAPTURE_FREQUENCY": "0.5"}, "IMAGE_CAPTURE_FREQUENCY: must be from 1 to 86400"),
     ({"IMAGE_EXPIRY": "soon"}, "IMAGE_EXPIRY: must be a whole number"),
     ({"CAMERA_AUTOFOCUS": "sometimes"}, "CAMERA_AUTOFOCUS: must be on or off"),
+    ({"HATCAM_AUDIO": "loud"}, "HATCAM_AUDIO: must be on or off"),
+    (
+        {"HATCAM_AUDIO": "on"},
+        "HATCAM_AUDIO_DEVICE: must name the microphone when HATCAM_AUDIO is on",
+    ),
+    (
+        {"HATCAM_AUDIO": "on", "HATCAM_AUDIO_DEVICE": "USB PnP Sound Device"},
+        "HATCAM_AUDIO_DEVICE: must be an ALSA capture device name such as "
+        "plughw:CARD=Device,DEV=0 or hw:1,0, a card index such as 1, or synthetic, "
+        "got 'USB PnP Sound Device'",
+    ),
+    (
+        {"HATCAM_AUDIO": "on", "HATCAM_AUDIO_DEVICE": "hw:CARD="},
+        "HATCAM_AUDIO_DEVICE: must be an ALSA capture device name",
+    ),
+    (
+        {"HATCAM_AUDIO": "on", "HATCAM_AUDIO_DEVICE": "synthetic", "HATCAM_AUDIO_RATE": "22050"},
+        "HATCAM_AUDIO_RATE: must be one of 44100, 48000, got '22050'",
+    ),
+    (
+        {"HATCAM_AUDIO": "on", "HATCAM_AUDIO_DEVICE": "1", "HATCAM_AUDIO_BITRATE": "8000"},
+        "HATCAM_AUDIO_BITRATE: must be from 32000 to 192000 bit/s, got '8000'",
+    ),
     ({"REDIS_URL": "http://x:6379"}, "REDIS_URL: must look like redis://"),
     ({"REDIS_URL": "redis://x:6379/0?health_check_interval=5"}, "REDIS_URL: only the option db="),
     ({"REDIS_URL": "redis://x:6379/images"}, "REDIS_URL: the database must be a whole number"),
@@ -130,6 +153,33 @@ def test_seed_names_and_defaults(tmp_path):
     assert (settings.width, settings.height, settings.segment_seconds) == (1280, 720, 10)
     assert settings.blob_container == "videos" and settings.disk_policy == "pause"
     assert SECRET_KEY not in repr(settings)
+
+
+def test_sound_is_off_unless_asked_for_even_with_a_device_named():
+    settings = config.parse({"HATCAM_AUDIO_DEVICE": "hw:CARD=Mic,DEV=0"})
+    assert settings.audio_device is None
+    assert (settings.audio_rate, settings.audio_bitrate) == (48000, 64000)
+
+
+@pytest.mark.parametrize(
+    ("given", "opened"),
+    [
+        ("hw:CARD=Device,DEV=0", "hw:CARD=Device,DEV=0"),
+        ("plughw:1,0", "plughw:1,0"),
+        ("default:CARD=Mic", "default:CARD=Mic"),
+        ("default", "default"),
+        ("synthetic", "synthetic"),
+        # A bare card index opens through plughw, which converts rate and format.
+        ("1", "plughw:1,0"),
+        ("  2 ", "plughw:2,0"),
+    ],
+)
+def test_the_microphone_is_named_as_alsa_opens_it(given, opened):
+    settings = config.parse(
+        {"HATCAM_AUDIO": "on", "HATCAM_AUDIO_DEVICE": given, "HATCAM_AUDIO_RATE": "44100"}
+    )
+    assert settings.audio_device == opened
+    assert settings.audio_rate == 44100
 
 
 def test_missing_env_file_is_named(tmp_path):

@@ -31,6 +31,9 @@ DEVICE_SAS_PERMISSIONS = RULES["device_sas_permissions"]
 DEVICE_RE = re.compile(RULES["patterns"]["HATCAM_DEVICE"]["regex"])
 CONTAINER_RE = re.compile(RULES["patterns"]["HATCAM_BLOB_CONTAINER"]["regex"])
 RESOLUTION_RE = re.compile(RULES["resolution"]["regex"])
+AUDIO = RULES["audio"]
+AUDIO_DEVICE_RE = re.compile(AUDIO["device"]["regex"])
+CARD_INDEX_RE = re.compile(AUDIO["device"]["card_index"])
 BOARDS = RULES["boards"]
 MODEL_FILE = Path(BOARDS["model_file"])
 TRUE = {"1", "true", "yes", "on"}
@@ -114,6 +117,10 @@ class Settings(BlobSettings):
     redis_url: str | None = field(default=None, repr=False)
     # The device's private signing key (hatcam.proof); None: footage is not signed.
     device_key: Path | None = None
+    # Sound: the ALSA PCM the camera daemon captures (or "synthetic"); None: audio is off.
+    audio_device: str | None = None
+    audio_rate: int = int(RULES["choices"]["HATCAM_AUDIO_RATE"]["default"])
+    audio_bitrate: int = int(RULES["numbers"]["HATCAM_AUDIO_BITRATE"]["default"])
 
     @property
     def camera_buffers(self) -> tuple[str | None, int | None]:
@@ -203,8 +210,9 @@ class _Parser:
         return value
 
     def choice(self, name):
+        """One of the values in settings.json, as text (numbers too: callers convert)."""
         rule = RULES["choices"][name]
-        default, choices = rule["default"], rule["values"]
+        default, choices = str(rule["default"]), [str(v) for v in rule["values"]]
         text = self.raw(name, default)
         if text not in choices:
             self.fail(name, f"must be one of {', '.join(choices)}, got {text!r}")
@@ -385,6 +393,46 @@ def _device_key(p: _Parser) -> Path | None:
     return Path(text)
 
 
+def audio_device_name(text: str) -> str | None:
+    """The ALSA PCM name capture opens for a HATCAM_AUDIO_DEVICE value; None: not one.
+
+    A bare card index N becomes plughw:N,0 (settings.json "audio"): plughw converts the
+    rate and sample format, and cheap USB microphones offer only one or two of each, so
+    hw:N,0 would refuse 48000 Hz on a microphone that only does 44100.
+    """
+    rule = AUDIO["device"]
+    if CARD_INDEX_RE.match(text):
+        return rule["card_index_pcm"].format(card=int(text))
+    if text == rule["synthetic"] or AUDIO_DEVICE_RE.match(text):
+        return text
+    return None
+
+
+def _audio(p: _Parser) -> dict:
+    """The sound settings (off by default); keyword arguments for Settings."""
+    rate = int(p.choice("HATCAM_AUDIO_RATE"))
+    bitrate = p.number("HATCAM_AUDIO_BITRATE")
+    on = p.flag(AUDIO["flag"]["name"], AUDIO["flag"]["default"])
+    name, text = AUDIO["device"]["name"], p.raw(AUDIO["device"]["name"])
+    device = None
+    if on and text is None:
+        p.fail(
+            name,
+            f"must name the microphone when HATCAM_AUDIO is on (an ALSA name such as "
+            f"{AUDIO['device']['example']}, a card index such as 1, or synthetic; "
+            f"`hatcam check` lists them)",
+        )
+    elif on:
+        device = audio_device_name(text)
+        if device is None:
+            p.fail(
+                name,
+                f"must be an ALSA capture device name such as {AUDIO['device']['example']} "
+                f"or hw:1,0, a card index such as 1, or synthetic, got {text!r}",
+            )
+    return {"audio_device": device, "audio_rate": rate, "audio_bitrate": bitrate}
+
+
 def _blob(p: _Parser) -> dict:
     """The blob settings, checked; keyword arguments for BlobSettings."""
     container = p.raw(
@@ -459,6 +507,7 @@ def parse(values: dict[str, str]) -> Settings:
         pi_model=pi_model,
         redis_url=redis_url,
         device_key=_device_key(p),
+        **_audio(p),
         **blob,
     )
     if p.errors:
