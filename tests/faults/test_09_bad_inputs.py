@@ -93,7 +93,41 @@ def before(lab):
 def test_playbook_refuses_a_bad_variable_before_any_change(
     pi, lab, before, tmp_path, variable, value, message
 ):
-    result = pi.playbook({**pi.playbook_vars(), variable: value}, tmp_path / "bad.json")
+    refused_before_any_change(pi, lab, before, tmp_path, {variable: value}, message)
+    lab.note("bad inputs (playbook)", **{variable: "refused, changed=0"})
+
+
+# (hatcam_audio_device with hatcam_audio on, what the failure says; {host}: the guest's name)
+MICROPHONE = [
+    # Not an ALSA name at all (a card's long name): refused by the pattern in settings.json.
+    (
+        "USB PnP Sound Device",
+        "hatcam_audio_device: must be an ALSA capture device name such as "
+        "plughw:CARD=Device,DEV=0 or hw:1,0, a card index such as 1, or synthetic, "
+        'got "USB PnP Sound Device"',
+    ),
+    # A good name, but the guest has no sound card: the pre-flight reads its /proc/asound.
+    (
+        "hw:CARD=Mic",
+        'hatcam_audio_device: "hw:CARD=Mic" is not on {host}: no capture devices (no sound card)',
+    ),
+]
+
+
+@pytest.mark.parametrize(("device", "message"), MICROPHONE, ids=["not-alsa", "absent"])
+def test_playbook_refuses_a_microphone_the_pi_does_not_have(
+    pi, lab, before, tmp_path, device, message
+):
+    sound = {"hatcam_audio": True, "hatcam_audio_device": device}
+    refused_before_any_change(pi, lab, before, tmp_path, sound, message.format(host=pi.name))
+    assert "audio" not in lab.sh("id -nG hatcam").split(), "the hatcam user joined group audio"
+    lab.note("bad inputs (playbook)", **{f"hatcam_audio_device {device!r}": "refused, changed=0"})
+
+
+def refused_before_any_change(pi, lab, before, tmp_path, variables: dict, message: str):
+    """The playbook with these variables fails in its pre-flight, saying ``message``,
+    reveals no secret and changes nothing on the device."""
+    result = pi.playbook({**pi.playbook_vars(), **variables}, tmp_path / "bad.json")
     out = result.stdout + result.stderr
     recap = re.search(
         rf"^{pi.name}\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", out, re.M
@@ -106,7 +140,6 @@ def test_playbook_refuses_a_bad_variable_before_any_change(
     for secret in (pi.svc["account_key"], pi.svc["redis_password"]):
         assert secret not in out, "a secret in the playbook's output"
     assert snapshot(lab) == before, "a failed run changed the device"
-    lab.note("bad inputs (playbook)", **{variable: "refused, changed=0"})
 
 
 @pytest.mark.parametrize(

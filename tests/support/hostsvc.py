@@ -223,7 +223,10 @@ def cmd_blobs(args) -> int:
             print(json.dumps({"ok": False, "blobs": len(blobs), "missing": sorted(want - names)}))
             return 1
         time.sleep(2)
-    newest = blobs[-1]
+    # The newest segment with bytes in it: with live upload the newest blob can be one
+    # created a moment ago and not yet appended to, and closing records are not video.
+    sizes = {b.name: b.size for b in client.list_blobs(name_starts_with=f"{args.device}/")}
+    newest = max((b for b in blobs if b.endswith(".ts") and sizes.get(b)), default=blobs[-1])
     info = decode(client.download_blob(newest).readall())
     meta = client.get_blob_client(newest).get_blob_properties().metadata
     ok = info["frames"] > 0

@@ -5,7 +5,10 @@ microphone would (the audio later than the picture, by the capture latency)."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 import threading
+import time
 from array import array
 
 import av
@@ -61,17 +64,31 @@ def camera_frames(count: int) -> list[tuple[bytes, bool, int]]:
     return collect.frames
 
 
-def feed(segmenter, frames, audio, *, lag_us=100_000, start_us=None, silent=()):
+def feed(
+    segmenter,
+    frames,
+    audio,
+    *,
+    lag_us=100_000,
+    start_us=None,
+    silent=(),
+    kill_after=None,
+    pace=0,
+    times=None,
+):
     """Video frames and audio packets in the order they reach the segmenter: each audio
     packet ``lag_us`` after its capture time. Audio capture starts at ``start_us`` (the
     first frame's time by default); packets whose capture time falls in a ``silent``
-    (from_us, to_us) range are never delivered (a microphone unplugged). Returns the
+    (from_us, to_us) range are never delivered (a microphone unplugged). ``kill_after``:
+    this process is SIGKILLed after that many frames and packets (a crash). ``pace``:
+    seconds to sleep between deliveries (the writer's syncs need time to pass). ``times``:
+    each packet's capture time instead (a clock that jumps). Returns the
     (timestamp, data) of the audio packets delivered."""
     start = frames[0][2] if start_us is None else start_us
     events = [(ts, 0, ("video", data, key, ts)) for data, key, ts in frames]
     given = []
     for i, data in enumerate(audio):
-        ts = round(start + i * PACKET_US)
+        ts = round(start + i * PACKET_US) if times is None else times[i]
         if any(a <= ts < b for a, b in silent):
             continue
         given.append((ts, data))
@@ -80,8 +97,12 @@ def feed(segmenter, frames, audio, *, lag_us=100_000, start_us=None, silent=()):
 
     def run():
         frames_may_wait()
-        for _, _, (kind, data, key, ts) in events:
+        for index, (_, _, (kind, data, key, ts)) in enumerate(events):
+            if index == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
             segmenter.outputframe(data, key, ts, None, audio=kind == "audio")
+            if pace:
+                time.sleep(pace)
 
     thread = threading.Thread(target=run)
     thread.start()

@@ -120,6 +120,14 @@ def to_ticks(time_base: Fraction):
 # --- what a file holds ----------------------------------------------------------------
 
 
+def adts_whole(data: bytes) -> bool:
+    """Whether an AAC packet read from an MPEG-TS is whole: its ADTS header gives its
+    length, so a packet a crash cut short (the file's last) is told from a whole one."""
+    if len(data) < 7 or data[0] != 0xFF or data[1] & 0xF0 != 0xF0:
+        return len(data) > 0  # no header: nothing says, take it as it is
+    return ((data[3] & 0x03) << 11 | data[4] << 3 | data[5] >> 5) == len(data)
+
+
 @dataclass(frozen=True)
 class Contents:
     """What a segment file holds: frames, first and last PTS (90 kHz), picture size, and
@@ -219,7 +227,8 @@ def probe(
                 if packet.size == 0 or (packet.pts is None and not legacy):
                     continue
                 if packet.stream.type == "audio":
-                    _count_audio(audio, to_ticks(packet.time_base)(packet.pts), near, first)
+                    if adts_whole(bytes(packet)):
+                        _count_audio(audio, to_ticks(packet.time_base)(packet.pts), near, first)
                     continue
                 frames += 1
                 if not legacy:
@@ -235,7 +244,9 @@ def probe(
         log.warning("%s: read stopped early (%s); keeping %d frames", path.name, exc, frames)
     if frames == 0:
         raise ValueError(f"{path.name}: holds no video frame")
-    return Contents(frames, first, last, width, height, *(audio or ()))
+    keys = ("audio_packets", "audio_first_pts", "audio_last_pts")
+    audio = dict(zip(keys, audio or (), strict=False))
+    return Contents(frames, first, last, width, height, **audio)
 
 
 def _count_audio(audio: list, pts: int, near: int | None, first: int | None) -> None:

@@ -10,7 +10,11 @@ is trusted unless the device signed it: the report's own verdicts, its key lines
 - The MP4's video samples must be exactly the frames of those records, in order: the
   samples each record claims (``first_sample``, ``samples``) hash to its ``frames_sha256``
   (``proof.FrameDigest`` over the length-prefixed NAL units) and number its ``frames``,
-  span its PTS, and together they cover every sample, each once, with no other stream.
+  span its PTS, and together they cover every sample, each once, with no other stream
+  but one AAC audio stream. Its samples likewise: those each record claims
+  (``first_audio_sample``, ``audio_samples``) number its ``audio_packets`` and hash to
+  its ``audio_sha256`` (``proof.AudioDigest``), and together cover every audio sample; a
+  record without them (no sound) claims none.
 - Consecutive records are linked by the chain (``prev`` = ``record_hash`` of the one
   before): a break is a missing time range, reported, not a refusal; the footage that is
   there is still what the camera recorded.
@@ -78,6 +82,9 @@ class Item:
     def samples(self) -> str:
         return f"MP4 samples {self.first}-{self.first + self.count - 1}"
 
+    audio_first: int | None = None
+    audio_count: int = 0
+
 
 @dataclass
 class Mp4:
@@ -85,6 +92,7 @@ class Mp4:
     pts: list[int]  # 90 kHz ticks
     nal_size: int
     other_streams: list[str]
+    audio: list[bytes] = field(default_factory=list)  # the AAC stream's samples (raw units)
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     frames: int = 0
+    audio: int = 0  # AAC samples (packets) in the MP4
 
     @property
     def ok(self) -> bool:
@@ -104,7 +113,12 @@ def read_mp4(path: Path) -> Mp4:
     try:
         with av.open(str(path)) as container:
             videos = container.streams.video
-            others = [f"{s.type} stream {s.index}" for s in container.streams if s.type != "video"]
+            sound = [s for s in container.streams.audio if s.codec_context.name == "aac"][:1]
+            others = [
+                f"{s.type} stream {s.index}"
+                for s in container.streams
+                if s.type != "video" and s not in sound
+            ]
             others += [f"video stream {s.index}" for s in videos[1:]]
             if not videos:
                 raise Unreadable(f"{path}: no video stream")
@@ -116,14 +130,18 @@ def read_mp4(path: Path) -> Mp4:
                 raise Unreadable(f"{path}: H.264 without an avcC record (not an MP4 from fetch)")
             ticks = to_ticks(stream.time_base)
             samples, pts = [], []
-            for packet in container.demux(stream):
+            audio = []
+            for packet in container.demux(stream, *sound):
                 if packet.size == 0:
+                    continue
+                if packet.stream.type == "audio":
+                    audio.append(bytes(packet))
                     continue
                 samples.append(bytes(packet))
                 pts.append(ticks(packet.pts) if packet.pts is not None else None)
     except av.error.FFmpegError as exc:
         raise Unreadable(f"{path}: not readable as MP4 ({exc})") from None
-    return Mp4(samples, pts, (extradata[4] & 3) + 1, others)
+    return Mp4(samples, pts, (extradata[4] & 3) + 1, others, audio)
 
 
 def read_report(path: Path) -> list[Item]:
@@ -145,6 +163,9 @@ def read_report(path: Path) -> list[Item]:
             first, count = mp4.get("first_sample"), mp4.get("samples")
             if _is_int(first) and _is_int(count) and first >= 0 and count > 0:
                 item.first, item.count = first, count
+            first, count = mp4.get("first_audio_sample"), mp4.get("audio_samples")
+            if _is_int(first) and _is_int(count) and first >= 0 and count > 0:
+                item.audio_first, item.audio_count = first, count
         items.append(item)
     return items
 
@@ -165,6 +186,10 @@ def _problem(ring: proof.KeyRing, record: dict) -> str | None:
     problem = ring.problem(record)
     if problem is None and wrong:
         problem = f"signed, but not a record hatcam verifies (fields {', '.join(wrong)})"
+    audio = [record.get(k) for k in ("audio_packets", "audio_sha256")]
+    well_formed = _is_int(audio[0]) and audio[0] > 0 and isinstance(audio[1], str)
+    if problem is None and audio != [None, None] and not well_formed:
+        problem = "signed, but not a record hatcam verifies (fields audio_packets, audio_sha256)"
     if problem is None and record["kind"] not in ("segment", "checkpoint"):
         problem = f"signed, but a record of kind {record['kind']!r}"
     return problem
@@ -211,6 +236,46 @@ def check_frames(item: Item, mp4: Mp4) -> str | None:
     return None
 
 
+def check_audio(item: Item, mp4: Mp4) -> str | None:
+    """None when the item's audio samples are exactly its record's; else what differs."""
+    want = item.record.get("audio_packets") or 0
+    if item.audio_count != want:
+        return f"claims {item.audio_count} MP4 audio samples, its record has {want}"
+    if not want:
+        return None
+    units = mp4.audio[item.audio_first : item.audio_first + item.audio_count]
+    if len(units) != want:
+        return f"claims {want} audio samples from {item.audio_first}, the MP4 has {len(mp4.audio)}"
+    digest = proof.AudioDigest()
+    for unit in units:
+        digest.add(unit)
+    if digest.hexdigest() != item.record["audio_sha256"]:
+        return "its audio in the MP4 differs from what the camera signed (audio_sha256)"
+    return None
+
+
+def _audio_coverage(valid: list[Item], mp4: Mp4, out: Outcome) -> None:
+    """Every audio sample of the MP4 claimed by exactly one valid record, and its own."""
+    at = 0
+    heard = sorted((i for i in valid if i.audio_count), key=lambda i: i.audio_first)
+    for item in [*heard, None]:
+        first = len(mp4.audio) if item is None else item.audio_first
+        if first > at:
+            out.problems.append(
+                f"MP4 audio samples {at}-{min(first, len(mp4.audio)) - 1} are covered by no "
+                "validly signed record"
+            )
+        if item is None:
+            break
+        if item.audio_first < at:
+            out.problems.append(f"{item.label}: claims audio samples already claimed")
+        at = max(at, item.audio_first + item.audio_count)
+    for item in valid:
+        wrong = check_audio(item, mp4) if item.mapped else None
+        if wrong:
+            out.problems.append(f"{item.label}, {item.samples}: {wrong}")
+
+
 def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
     try:
         ring = proof.KeyRing.load(*keys)
@@ -220,7 +285,7 @@ def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
         raise Unreadable(f"--key: no public key in {', '.join(map(str, keys))}")
     mp4 = read_mp4(Path(mp4_path))
     items = read_report(Path(report_path))
-    out = Outcome(frames=len(mp4.samples))
+    out = Outcome(frames=len(mp4.samples), audio=len(mp4.audio))
     for item in items:
         item.problem = _problem(ring, item.record)
         if item.problem:
@@ -264,6 +329,7 @@ def verify(mp4_path: Path, report_path: Path, keys: list[Path]) -> Outcome:
             if wrong:
                 out.problems.append(f"{item.label}, {item.samples}: {wrong}")
         at = max(at, item.first + item.count)
+    _audio_coverage([i for i in valid if i.mapped], mp4, out)
 
     # The chain, in the MP4's order: verified ranges and what is missing between them.
     by_hash = {proof.record_hash(i.record): i for i in valid}
@@ -334,9 +400,10 @@ def run(mp4: str, report: str | None, keys: list[str], echo=print) -> int:
     for problem in outcome.problems:
         echo(f"bad       {problem}")
     if outcome.ok:
+        sound = f" and its {outcome.audio} audio samples" if outcome.audio else ""
         echo(
-            f"OK: all {outcome.frames} frames of {mp4_path.name} are what the device recorded, "
-            "in order, under valid signatures"
+            f"OK: all {outcome.frames} frames{sound} of {mp4_path.name} are what the device "
+            "recorded, in order, under valid signatures"
         )
         return EXIT_OK
     echo(f"REFUSED: {outcome.problems[0]}")

@@ -8,6 +8,7 @@ the signature was accepted (the credential works, it just may not read).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
@@ -21,6 +22,7 @@ from ..blob import (
     settings_allow_live,
 )
 from ..config import board_family, board_name
+from .audio import cards as sound_cards
 from .camera import picamera2_version, stall_warning
 from .redislink import RedisLink, RedisReplyError, redis_location
 from .spool import Spool
@@ -103,7 +105,35 @@ def check_spool(settings) -> tuple[bool, str]:
     return True, f"{spool.root}: {spool.free_mb():.0f} MB free (floor {settings.min_free_mb} MB)"
 
 
-def run_checks(settings) -> int:
+def check_sound(settings, cards: list[sound_cards.Card]) -> tuple[bool, str]:
+    """Is the configured microphone there? Off is fine (the list below helps choose one)."""
+    device = settings.audio_device
+    if device is None:
+        return True, "off (HATCAM_AUDIO; the capture devices seen are listed below)"
+    if device == "synthetic":
+        return True, "synthetic microphone (no sound card needed)"
+    problem = sound_cards.problem(cards, device)
+    if problem:
+        return False, f"{device}: not there: {problem}"
+    card_name, number = sound_cards.split_name(device)
+    card = next((c for c in cards if card_name in (str(c.index), c.id)), None)
+    if card is None:  # "default" and the like: ALSA's configuration picks the card
+        return True, f"{device}: ALSA's configuration picks the card (a capture device exists)"
+    number = card.capture[0] if number is None else number
+    return True, f"{device}: {card.describe()}, capture device {number}"
+
+
+def microphones(cards: list[sound_cards.Card]) -> list[str]:
+    """One line per capture device: where it is, and what to put in HATCAM_AUDIO_DEVICE."""
+    lines = [
+        f"{card.describe()}: capture device {number}: HATCAM_AUDIO_DEVICE={card.pcm_name(number)}"
+        for card in cards
+        for number in card.capture
+    ]
+    return lines or [sound_cards.problem(cards, "") or sound_cards.NO_CARD]
+
+
+def run_checks(settings, asound: Path = sound_cards.PROC_DIR) -> int:
     print(f"settings:      valid (device {settings.device}, camera {settings.camera})")
     results = [
         ("camera", check_camera(settings)),
@@ -112,7 +142,11 @@ def run_checks(settings) -> int:
         ("live upload", check_live(settings)),
         ("redis", check_redis(settings)),
     ]
+    cards = sound_cards.read_cards(asound)
+    results.append(("sound", check_sound(settings, cards)))
     for label, (ok, message) in results:
         mark = "warn" if ok is None else "ok  " if ok else "FAIL"
         print(f"{label + ':':<14} {mark} {message}")
+    for line in microphones(cards):
+        print(f"{'microphones:':<14} {line}")
     return 0 if all(ok is not False for _, (ok, _) in results) else 1

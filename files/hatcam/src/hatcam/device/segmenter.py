@@ -15,7 +15,7 @@ same clock and origin as the video's. A segment holds the audio whose PTS lie in
 video range, from its first keyframe to the next segment's; since audio reaches us
 later than the picture (capture latency), the split waits, the old file kept open and
 the new segment's frames held in memory, until audio at or past the split has come
-(at most ``AUDIO_HOLD`` of video, and not at all when no audio is flowing).
+(at most ``AUDIO_HOLD_US`` of video, and not at all when no audio is flowing).
 
 ``outputframe`` runs on the camera's encoder thread, which must never wait for the
 card: picamera2 holds a few camera buffers (6 by default) and each one stays taken
@@ -86,6 +86,7 @@ def frames_may_wait() -> None:
     _paced.waits = True
 
 
+AUDIO_HELD = 2  # audio packets a checkpoint leaves out: what the muxer may still hold
 _TIME_ERROR = 5  # adjtimex() state when the kernel clock is not NTP-synchronised
 
 
@@ -151,7 +152,11 @@ class SegmentFile:
     flushed as muxed and an interleave delta of 1 us, the muxer holds back only the frame
     just muxed (it waits for the next to interleave), and a tag timed just before that
     frame goes out at once, ahead of it. So the bytes before the tag hold every frame but
-    the last one muxed, whole: what the checkpoint covers.
+    the last one muxed, whole: what the checkpoint covers (with audio newer than that
+    frame, the audio is held instead and the frame is covered too). Of the audio, the
+    MPEG-TS muxer may also hold the last packet it took (it may gather small audio
+    packets into one PES until the next comes): a checkpoint covers all audio packets but
+    the last ``AUDIO_HELD`` muxed.
     """
 
     def __init__(
@@ -189,7 +194,9 @@ class SegmentFile:
             self.audio.codec_context.extradata = audio.extradata()
             self.audio.time_base = TIME_BASE
             self.audio_ticks = round(SAMPLES_PER_PACKET * CLOCK / audio.rate)
+        # The audio digest runs AUDIO_HELD packets behind (``recent``): what checkpoints cover.
         self.audio_digest = proof.AudioDigest() if signer and audio else None
+        self.audio_recent: deque[bytes] = deque()
         self.audio_packets = 0
         self.audio_first_pts: int | None = None
         self.audio_last_pts: int | None = None
@@ -239,7 +246,9 @@ class SegmentFile:
             self.audio_first_pts = pts
         self.audio_last_pts = pts
         if self.audio_digest is not None:
-            self.audio_digest.add(data)
+            self.audio_recent.append(data)
+            if len(self.audio_recent) > AUDIO_HELD:
+                self.audio_digest.add(self.audio_recent.popleft())
         if time.monotonic() - self.last_sync >= FLUSH_EVERY:
             self.sync()
 
@@ -256,7 +265,13 @@ class SegmentFile:
         covered = self.frames - (self.held is not None)
         if self.data is None or covered < 1:
             return
-        contents = Contents(covered, self.first_pts, self.covered_last_pts)
+        audio, audio_sha256 = None, None
+        if self.audio_digest is not None:
+            audio = self.audio_packets - len(self.audio_recent)
+            audio_sha256 = self.audio_digest.hexdigest() if audio else None
+        contents = Contents(
+            covered, self.first_pts, self.covered_last_pts, audio_packets=audio or None
+        )
         fields = record_fields(
             self.name,
             contents,
@@ -264,6 +279,7 @@ class SegmentFile:
             size=self.writer.size,
             sha256=self.writer.sha256.copy().hexdigest(),
             frames_sha256=self.digest.hexdigest(),
+            audio_sha256=audio_sha256,
             prev=self.prev,
         )
         tag = av.Packet(proof.id3_priv(self.signer.checkpoint(fields)))
@@ -297,6 +313,8 @@ class SegmentFile:
         self.fh.close()
         if self.digest is not None:
             self._release_held()
+        while self.audio_recent:
+            self.audio_digest.add(self.audio_recent.popleft())
 
     def segment_fields(self, contents: Contents) -> dict:
         """The closed segment's record: the whole file, every frame and audio packet."""

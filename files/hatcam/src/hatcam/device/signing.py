@@ -25,6 +25,7 @@ from ..segment import (
     Contents,
     SegmentName,
     SegmentRecord,
+    adts_whole,
     iso,
     to_ticks,
     unwrap,
@@ -203,10 +204,8 @@ def salvage_scan(path: Path, near: int | None = None) -> Salvaged | None:
         frames.pop()
     if not frames:
         return None
-    if audio is not None:
-        audio.sort(key=lambda unit: unit[0])
-        ends = max(last_data, frames[-1][0])
-        audio = [unit for unit in audio if unit[0] < ends]
+    if audio is not None:  # an audio PES gives its length: a torn one is told apart
+        audio = [unit for unit in sorted(audio, key=lambda u: u[0]) if adts_whole(unit[2])]
     digest = proof.FrameDigest()
     first = last = None
     for _, pts, data in frames:

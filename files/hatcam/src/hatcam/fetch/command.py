@@ -32,6 +32,7 @@ import json
 import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -328,6 +329,14 @@ class Fetch:
             raise ValueError(
                 f"its verified bytes hold {contents.frames} frames, its checkpoint {frames}"
             )
+        audio = verdict.record.get("audio_packets") or 0
+        if (contents.audio_packets or 0) < audio:
+            raise ValueError(
+                f"its verified bytes hold {contents.audio_packets or 0} audio packets, "
+                f"its checkpoint {audio}"
+            )
+        if contents.audio_packets is not None:  # only what the checkpoint covers
+            contents = replace(contents, audio_packets=audio)
         return prefix, contents
 
     def segment(
@@ -362,7 +371,9 @@ class Fetch:
                 except (ValueError, OSError) as exc:
                     self.problem(f"{outcome.remote.name}: {exc}; not stitched")
                     continue
-                found.append(self.segment(outcome.remote, prefix, contents, cut=False))
+                segment = self.segment(outcome.remote, prefix, contents, cut=False)
+                segment.audio_prefix = True
+                found.append(segment)
                 continue
             contents = outcome.contents
             if contents.from_metadata:
@@ -405,11 +416,15 @@ class Fetch:
         same = old and {k: old.get(k) for k in want} == want
         kept = same and path.is_file() and path.stat().st_size == old.get("size")
         if kept and (not self.args.delete_after or md5_of(path).hexdigest() == old.get("md5")):
+            gaps = old.get("audio_gaps") or []
+            run.audio_gaps = [stitch.AudioGap.from_dict(g, run.start) for g in gaps]
             return "unchanged"
         stitch.write(run, path, reread=self.args.delete_after, ready=ready)
         # The hash only matters before deleting blobs; hashing a day of video costs time.
         md5 = md5_of(path).hexdigest() if self.args.delete_after else None
         record[run.filename] = {**want, "size": path.stat().st_size, "md5": md5}
+        if run.audio_gaps:
+            record[run.filename]["audio_gaps"] = [g.to_dict(run.start) for g in run.audio_gaps]
         return "written"
 
     def stitch_runs(self, runs: list[stitch.Run], record: dict) -> list[str | None]:
@@ -493,6 +508,9 @@ class Fetch:
             )
             for gap in run.gaps:
                 self.say(f"    gap kept in the file: {_gap_text(gap)}")
+            for gap in run.audio_gaps:
+                at = _local(gap.at, with_date=False)
+                self.say(f"    audio gap (picture, no sound): {at} for {_span(gap.seconds)}")
             if index < len(splits):
                 self.say(f"  gap, new file: {_gap_text(splits[index])}")
 
@@ -696,10 +714,18 @@ class Fetch:
         gaps = verify.chain(device, records) if self.keyed(device) else []
         placed = {}
         for run in runs:
-            first = 0
+            first = heard = 0
             for item in run.items:
-                placed[item.segment.name] = (run, first, item.segment.frames, item.shift)
+                audio = item.segment.audio_packets or 0
+                placed[item.segment.name] = (
+                    run,
+                    first,
+                    item.segment.frames,
+                    item.shift,
+                    *((heard, audio) if audio else ()),
+                )
                 first += item.segment.frames
+                heard += audio
         self.summarize(device, entries, gaps, placed)
         for run, state in zip(runs, states, strict=True):
             if state is None:
@@ -719,7 +745,14 @@ class Fetch:
             inside = [g for g in gaps if run.start <= g.end and g.start <= run.end]
             report.write(
                 self.root / run.filename,
-                report.build(self.root / run.filename, device, self.ring, mine, inside),
+                report.build(
+                    self.root / run.filename,
+                    device,
+                    self.ring,
+                    mine,
+                    inside,
+                    [gap.to_dict(run.start) for gap in run.audio_gaps],
+                ),
             )
 
     def summarize(self, device, entries, gaps, placed) -> None:

@@ -25,7 +25,10 @@ each one, and the MP4's frames against them. Schema (version 1, keys stable)::
                                                # video samples (decode order)
             "samples": 60,                     # its frames in the MP4 (for "checkpoint":
                                                # the checkpoint's "frames")
-            "pts_shift": -1234                 # 90 kHz ticks added to its PTS in the MP4
+            "pts_shift": -1234,                # 90 kHz ticks added to its PTS in the MP4
+            "first_audio_sample": 0,           # only for a segment with sound: its first
+            "audio_samples": 94                # AAC sample among the MP4's audio samples,
+                                               # and how many (its record's audio_packets)
           }
         }
       ],
@@ -35,11 +38,15 @@ each one, and the MP4's frames against them. Schema (version 1, keys stable)::
          "before_prev": "<before's record's prev>",
          "from": "2026-11-21T08:00:10.000Z", "to": "2026-11-21T08:00:12.000Z",
          "seconds": 2.0}
+      ],
+      "audio_gaps": [                          # picture without sound in this MP4
+        {"from": "2026-11-21T08:00:03.000Z", "offset": 3.0, "seconds": 2.0}
       ]
     }
 
 A segment's frames in the MP4 hash (``proof.FrameDigest.add_length_prefixed`` over
-samples ``first_sample`` .. ``first_sample + samples``) to its record's ``frames_sha256``.
+samples ``first_sample`` .. ``first_sample + samples``) to its record's ``frames_sha256``,
+its audio samples (``proof.AudioDigest.add``) to its ``audio_sha256``.
 """
 
 from __future__ import annotations
@@ -62,14 +69,20 @@ class Entry:
     name: str
     source: str
     verdict: Verdict
-    placement: tuple[int, int, int] | None = None  # first sample, samples, pts shift
+    # first sample, samples, pts shift (and with sound: first audio sample, audio samples)
+    placement: tuple[int, ...] | None = None
 
 
 def path_for(mp4: Path) -> Path:
     return mp4.with_name(mp4.name + SUFFIX)
 
 
-def build(mp4: Path, device: str, ring: proof.KeyRing, entries, gaps: list[Missing]) -> dict:
+_PLACEMENT = ("first_sample", "samples", "pts_shift", "first_audio_sample", "audio_samples")
+
+
+def build(
+    mp4: Path, device: str, ring: proof.KeyRing, entries, gaps: list[Missing], audio_gaps=()
+) -> dict:
     keys = []
     for entry in entries:
         key = (entry.verdict.record or {}).get("key")
@@ -91,7 +104,7 @@ def build(mp4: Path, device: str, ring: proof.KeyRing, entries, gaps: list[Missi
                 "appended_bytes": e.verdict.appended,
                 "mp4": None
                 if e.placement is None
-                else dict(zip(("first_sample", "samples", "pts_shift"), e.placement, strict=True)),
+                else dict(zip(_PLACEMENT, e.placement, strict=False)),
             }
             for e in entries
         ],
@@ -107,6 +120,7 @@ def build(mp4: Path, device: str, ring: proof.KeyRing, entries, gaps: list[Missi
             }
             for g in gaps
         ],
+        "audio_gaps": list(audio_gaps),
     }
 
 

@@ -34,8 +34,10 @@ from ..segment import (
     TIME_BASE,
     WRAP,
     Contents,
+    adts_whole,
     duration,
     frame_ticks,
+    iso,
     probe,
     to_ticks,
     unwrap,
@@ -75,6 +77,9 @@ class Segment:
     # last frame, is left out).
     cut: bool = False
     audio_packets: int | None = None  # AAC packets; None: no audio stream (or not known)
+    # Only the first ``audio_packets`` are taken (a prefix a checkpoint verifies: the
+    # file may hold a packet or two more than it covers).
+    audio_prefix: bool = False
 
     @classmethod
     def from_contents(
@@ -145,8 +150,10 @@ class AudioGap:
     seconds: float
 
     def to_dict(self, start: datetime) -> dict:
-        """JSON form, placed by its offset in the file (seconds from ``start``)."""
-        return {"offset": round((self.at - start).total_seconds(), 3), "seconds": self.seconds}
+        """JSON form (the proof report's), also placed by its offset in the file (seconds
+        from ``start``)."""
+        offset = round((self.at - start).total_seconds(), 3)
+        return {"from": iso(self.at), "offset": offset, "seconds": self.seconds}
 
     @classmethod
     def from_dict(cls, data: dict, start: datetime) -> AudioGap:
@@ -276,7 +283,12 @@ def write(run: Run, path: Path, *, reread: bool = False, ready=None) -> None:
     (fetch waits there for its download) and may raise to abandon the file.
     """
     tmp = path.with_name(f".{path.name}.part")
-    out = av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"})
+    options = {"movflags": "+faststart"}
+    if any(placed.segment.audio_packets for placed in run.items):
+        # Where the sound starts is an edit list entry, in the movie's timescale: its
+        # default (ms) would move the sound by up to a millisecond against the picture.
+        options["movie_timescale"] = str(CLOCK)
+    out = av.open(str(tmp), "w", format="mp4", options=options)
     frames, first, end = 0, None, 0
     sound = _Sound(run)
     readied = set()
@@ -388,6 +400,10 @@ def _copy(
         if packet.size == 0 or (packet.pts is None and not seg.legacy):
             continue
         if packet.stream is audio:
+            if seg.audio_prefix and heard >= (seg.audio_packets or 0):
+                continue
+            if not adts_whole(bytes(packet)):
+                continue  # cut short by a crash: probe does not count it either
             audio_near = unwrap(to_ticks(audio.time_base)(packet.pts), audio_near)
             length = packet.duration and to_ticks(audio.time_base)(packet.duration)
             length = length or round(1024 * CLOCK / (audio.sample_rate or 48000))
@@ -415,8 +431,11 @@ def _copy(
         end = max(end, pts + seg.ticks)
         if seg.cut and index == seg.frames:
             break  # before the demuxer reads on into what follows (torn, or unknown)
-    if seg.audio_packets is not None and audio is not None and heard != seg.audio_packets:
-        raise ValueError(f"{seg.name}: holds {heard} audio packets, not {seg.audio_packets}")
+    expected = seg.audio_packets
+    if expected is not None and sound is not None and sound.target and heard != expected:
+        raise ValueError(f"{seg.name}: holds {heard} audio packets, not {expected}")
+    if expected is None and heard:
+        seg.audio_packets = heard  # a torn segment's: what the MP4 holds of it
     return index, first if first is not None else 0, end
 
 
