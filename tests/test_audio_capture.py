@@ -192,8 +192,12 @@ def test_an_unplugged_microphone_never_stops_the_video_and_its_gap_is_logged(cap
         camera.stop()
     video = sorted(out.video)
     assert video[-1] - video[0] > 6.0e6
+    # The video went on while the microphone was away: frames kept coming through the
+    # 1.5 s it was pulled. The bounds leave room for a loaded machine, whose camera drops
+    # a few frames for want of CPU, and still fail a video that waited for the sound.
     worst_video_gap = max(b - a for a, b in zip(video, video[1:], strict=False))
-    assert worst_video_gap < 3 * 1e6 / 30  # the video never paused
+    assert worst_video_gap < 0.5e6, worst_video_gap
+    assert sum(pulled < ts < pulled + 1.5e6 for ts in video) >= 15
     stamps = [ts for _, ts in out.audio]
     gaps = [
         (a, b - a) for a, b in zip(stamps, stamps[1:], strict=False) if b - a > 2 * fmt.packet_us()
