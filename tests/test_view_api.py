@@ -1,0 +1,296 @@
+"""``hatcam view``'s server, against a real Azurite and redis-server, served by a real
+uvicorn on a loopback port and asked over HTTP as the page asks it.
+
+Footage comes from the synthetic camera through the real segmenter, signed as the
+device signs; what the server sends is decoded with PyAV and read back from the blob
+store to check it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import av
+import pytest
+import uvicorn
+
+from hatcam import proof
+from hatcam.segment import iso, parse_iso
+from hatcam.view import server
+
+from tests.support.footage import record
+from tests.support.procs import free_port
+from tests.test_fetch_live import upload_live, upload_whole
+from tests.test_verified_fetch import clock, sign_spool
+
+T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
+SEG = 1.0
+FPS = 30
+
+
+# --- the server ----------------------------------------------------------------------
+
+
+class Served:
+    """The view's app on a real uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, values: dict, *options: str, now=None):
+        parser = argparse.ArgumentParser()
+        server.add_arguments(parser)
+        self.port = free_port()
+        args = parser.parse_args(["--port", str(self.port), *options])
+        self.app = server.build(values, args)
+        if now is not None:
+            self.app.state.view.now = now
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the view did not start"
+            time.sleep(0.02)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def view(self):
+        return self.app.state.view
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def get(self, path: str, headers: dict | None = None, data: bytes | None = None):
+        """(status, headers, body) of one request."""
+        request = urllib.request.Request(self.base + path, headers=headers or {}, data=data)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, dict(reply.headers), reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def json(self, path: str, **kw):
+        status, _, body = self.get(path, **kw)
+        return status, json.loads(body)
+
+
+def values_for(azurite, container: str, **more) -> dict:
+    return {
+        "BLOB_CONNECTION_STRING": azurite.connection_string(),
+        "HATCAM_BLOB_CONTAINER": container,
+        **more,
+    }
+
+
+@pytest.fixture
+def serve():
+    started = []
+
+    def start(values, *options, now=None) -> Served:
+        started.append(Served(values, *options, now=now))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
+
+
+# --- the footage ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(azurite, tmp_path_factory):
+    """dev1: a signed run of 5 s at T0, and at T0+30 s a second run (another boot) of
+    3 s whose middle segment never reached the cloud; dev2: 3 s unsigned at T0+10 s."""
+    root = tmp_path_factory.mktemp("view")
+    keys = root / "keys"
+    keys.mkdir()
+    key = proof.DeviceKey.generate(root / "dev1.key")
+    (keys / f"dev1-{key.id}.pub").write_text(key.public_line("dev1") + "\n")
+    name = f"view-{uuid.uuid4().hex[:12]}"
+    client = azurite.container(name)
+
+    first = record(root / "a", 5 * FPS, SEG, device="dev1", wall_clock=clock(T0))
+    prev = sign_spool(first, key)
+    upload_whole(client, first)
+    second = record(
+        root / "b", 3 * FPS, SEG, device="dev1", wall_clock=clock(T0 + timedelta(seconds=30))
+    )
+    sign_spool(second, key, prev, boot="bbbbbbbb")
+    lost = second.ready_segments()[1]
+    lost.unlink()
+    lost.with_suffix(".json").unlink()
+    upload_live(client, second)
+    other = record(
+        root / "c", 3 * FPS, SEG, device="dev2", wall_clock=clock(T0 + timedelta(seconds=10))
+    )
+    sign_spool(other, None)
+    upload_whole(client, other)
+    yield {"container": name, "client": client, "keys": keys, "root": root}
+    client.delete_container()
+
+
+def counter(frame: av.VideoFrame) -> int:
+    """The synthetic camera's frame counter, drawn as a column of bits."""
+    luma = frame.to_ndarray(format="gray").ravel()
+    stride = frame.width
+    return sum(int(luma[(11 + bit * 8) * stride + 11] > 128) << bit for bit in range(16))
+
+
+def entries(playlist: str) -> list[dict]:
+    """Each media entry of a playlist: its uri, seconds, byte range, program date-time."""
+    found, pending = [], {}
+    for line in playlist.splitlines():
+        if line.startswith("#EXTINF:"):
+            pending["seconds"] = float(line[8:].rstrip(","))
+        elif line.startswith("#EXT-X-BYTERANGE:"):
+            length, _, offset = line[17:].partition("@")
+            pending["range"] = (int(offset), int(length))
+        elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            pending["pdt"] = parse_iso(line[25:])
+        elif line and not line.startswith("#"):
+            found.append({**pending, "uri": line})
+            pending = {}
+    return found
+
+
+def tag(playlist: str, name: str) -> str | None:
+    for line in playlist.splitlines():
+        if line.startswith(f"#{name}:"):
+            return line[len(name) + 2 :]
+    return None
+
+
+# --- devices and the timeline --------------------------------------------------------
+
+
+def test_devices_without_redis_show_the_newest_blob_and_old_footage_as_silent(
+    azurite, world, serve
+):
+    app = serve(values_for(azurite, world["container"]))
+    status, answer = app.json("/api/devices")
+    assert status == 200, answer
+    by = {d["device"]: d for d in answer["devices"]}
+    assert sorted(by) == ["dev1", "dev2"]
+    assert parse_iso(by["dev1"]["newest"]) == T0 + timedelta(seconds=33)
+    assert parse_iso(by["dev2"]["newest"]) == T0 + timedelta(seconds=13)
+    assert by["dev1"]["health"] is None and by["dev1"]["silent"] is True
+    assert answer["problems"] == []
+
+
+def test_a_recent_blob_without_redis_is_not_silent(azurite, world, serve):
+    # Silent: no blob for 2 segment lengths + 30 s (here 1 s segments: 32 s).
+    soon = T0 + timedelta(seconds=55)
+    values = values_for(azurite, world["container"], HATCAM_SEGMENT_SECONDS="1")
+    app = serve(values, now=lambda: soon)
+    by = {d["device"]: d for d in app.json("/api/devices")[1]["devices"]}
+    assert by["dev1"]["silent"] is False  # 22 s after its newest blob
+    assert by["dev2"]["silent"] is True  # 42 s
+
+
+def test_the_timeline_shows_runs_gaps_and_proof(azurite, world, serve):
+    values = values_for(azurite, world["container"], HATCAM_KEYS_DIR=str(world["keys"]))
+    app = serve(values)
+    status, day = app.json("/api/timeline?device=dev1&day=2026-11-21")
+    assert status == 200, day
+    assert len(day["segments"]) == 5 + 2
+    runs = [(parse_iso(r["start"]), parse_iso(r["end"]), r["segments"]) for r in day["runs"]]
+    assert runs == [
+        (T0, T0 + timedelta(seconds=5), 5),
+        (T0 + timedelta(seconds=30), T0 + timedelta(seconds=33), 2),
+    ]
+    assert [(g["seconds"]) for g in day["gaps"]] == [25.0]
+    proof = [(p["state"], parse_iso(p["start"]), parse_iso(p["end"])) for p in day["proof"]]
+    assert ("verified", T0, T0 + timedelta(seconds=5)) in proof
+    missing = [p for p in proof if p[0] == "missing"]
+    assert missing, proof
+    assert missing[0][1] >= T0 + timedelta(seconds=31) - timedelta(milliseconds=50)
+    status, other = app.json("/api/timeline?device=dev2&day=2026-11-21")
+    assert {p["state"] for p in other["proof"]} == {"unverified"}
+
+
+def test_a_day_without_footage_is_empty_and_a_bad_day_is_refused(azurite, world, serve):
+    app = serve(values_for(azurite, world["container"]))
+    status, day = app.json("/api/timeline?device=dev1&day=2026-11-22")
+    assert status == 200 and day["segments"] == [] and day["runs"] == []
+    status, answer = app.json("/api/timeline?device=dev1&day=yesterday")
+    assert status == 400 and "day" in answer["error"] and "yesterday" in answer["error"]
+    status, answer = app.json("/api/timeline?device=../x&day=2026-11-21")
+    assert status == 400 and "device" in answer["error"]
+
+
+# --- playing a moment, and the bytes -------------------------------------------------
+
+
+def test_the_play_playlist_starts_at_the_frame_captured_at_that_moment(azurite, world, serve):
+    app = serve(values_for(azurite, world["container"]))
+    at = T0 + timedelta(seconds=2.5)
+    status, headers, body = app.get(f"/hls/play.m3u8?device=dev1&at={iso(at)}")
+    assert status == 200, body
+    assert headers["content-type"].startswith("application/vnd.apple.mpegurl")
+    playlist = body.decode()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and "#EXT-X-ENDLIST" in playlist
+    offset = float(tag(playlist, "EXT-X-START").split(",")[0].split("=")[1])
+    assert offset == pytest.approx(2.5, abs=0.001)
+    parts = entries(playlist)
+    assert len(parts) == 5 and parts[0]["pdt"] == T0  # the run, not the other one
+    # The entry that holds the offset, decoded: its frame at the offset is the one
+    # the camera captured at ``at`` (its counter at 30 fps), within one frame.
+    before = 0.0
+    for part in parts:
+        if before + part["seconds"] > offset:
+            break
+        before += part["seconds"]
+    status, _, data = app.get(part["uri"])
+    assert status == 200
+    with av.open(io.BytesIO(data), format="mpegts") as ts:
+        frames = [(f.pts, counter(f)) for f in ts.decode(video=0)]
+    first_pts = frames[0][0]
+    into = offset - before
+    pts, count = min(frames, key=lambda f: abs((f[0] - first_pts) / 90_000 - into))
+    captured = part["pdt"] + timedelta(seconds=(pts - first_pts) / 90_000)
+    assert abs((captured - at).total_seconds()) <= 1 / FPS
+    assert abs(count / FPS - 2.5) <= 1 / FPS
+
+
+def test_nothing_recorded_at_a_moment_is_a_404_in_words(azurite, world, serve):
+    app = serve(values_for(azurite, world["container"]))
+    at = iso(T0 + timedelta(seconds=20))
+    status, answer = app.json(f"/hls/play.m3u8?device=dev1&at={at}")
+    assert status == 404 and "recorded nothing" in answer["error"]
+    status, answer = app.json("/hls/play.m3u8?device=dev1&at=noon")
+    assert status == 400 and "noon" in answer["error"]
+
+
+def test_media_range_requests_return_exactly_the_blobs_bytes(azurite, world, serve):
+    app = serve(values_for(azurite, world["container"]))
+    client = world["client"]
+    blob = sorted(
+        b.name for b in client.list_blobs(name_starts_with="dev1/") if b.name.endswith(".ts")
+    )[0]
+    whole = client.get_blob_client(blob).download_blob().readall()
+    status, headers, body = app.get(f"/media/{blob}")
+    assert status == 200 and body == whole and headers["content-type"] == "video/mp2t"
+    status, headers, body = app.get(f"/media/{blob}", {"Range": "bytes=188-1127"})
+    assert status == 206 and body == whole[188:1128]
+    assert headers["content-range"] == f"bytes 188-1127/{len(whole)}"
+    status, _, body = app.get(f"/media/{blob}", {"Range": "bytes=1000-"})
+    assert status == 206 and body == whole[1000:]
+    status, _, body = app.get(f"/media/{blob}", {"Range": "bytes=-500"})
+    assert status == 206 and body == whole[-500:]
+    status, _, _ = app.get(f"/media/{blob}", {"Range": f"bytes={len(whole) + 10}-"})
+    assert status == 416
+    status, answer = app.json("/media/dev1/2026-11-21/nothing.ts")
+    assert status == 404 and "error" in answer
+    status, answer = app.json("/media/dev1/2026-11-21/x.json")
+    assert status == 404
