@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -293,3 +295,165 @@ def test_media_range_requests_return_exactly_the_blobs_bytes(azurite, world, ser
     assert status == 404 and "error" in answer
     status, answer = app.json("/media/dev1/2026-11-21/x.json")
     assert status == 404
+
+
+# --- health and stills from Redis ----------------------------------------------------
+
+
+def test_a_publishing_camera_shows_its_health_and_turns_silent_when_it_stops(
+    azurite, world, serve, redis_server, tmp_path
+):
+    from hatcam.device.health import HealthPublisher
+    from hatcam.device.spool import Spool
+
+    spool = Spool(tmp_path / "spool").ensure()
+    (spool.state / "camera.json").write_text(json.dumps({"state": "recording"}))
+    stop = threading.Event()
+    publisher = HealthPublisher(redis_server.url, "dev1", spool, stop, every=0.2, ttl=1)
+    publisher.thread.start()
+    fresh = HealthPublisher(redis_server.url, "dev3", spool, threading.Event(), ttl=30)
+    fresh.publish()  # a camera that has uploaded nothing yet
+    values = values_for(azurite, world["container"], REDIS_URL=redis_server.url)
+    app = serve(values)
+    status, answer = app.json("/api/devices")
+    assert status == 200 and answer["problems"] == []
+    by = {d["device"]: d for d in answer["devices"]}
+    assert sorted(by) == ["dev1", "dev2", "dev3"]
+    health = by["dev1"]["health"]
+    assert by["dev1"]["silent"] is False and health["recording"] is True
+    assert health["queue"] == 0 and health["free_mb"] > 0 and 0 <= health["ttl_s"] <= 1
+    assert health["version"] and parse_iso(health["published"])
+    assert by["dev3"]["newest"] is None and by["dev3"]["silent"] is False
+    assert by["dev2"]["health"] is None and by["dev2"]["silent"] is True  # never published
+    stop.set()
+    publisher.thread.join(5)
+    time.sleep(1.5)  # the key's TTL: the camera is gone
+    by = {d["device"]: d for d in app.json("/api/devices")[1]["devices"]}
+    assert by["dev1"]["silent"] is True and by["dev1"]["health"] is None
+
+
+def test_redis_unreachable_is_said_in_words_and_the_cloud_still_answers(azurite, world, serve):
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    app = serve(values_for(azurite, world["container"], REDIS_URL=nowhere))
+    status, answer = app.json("/api/devices")
+    assert status == 200
+    assert [d["device"] for d in answer["devices"]] == ["dev1", "dev2"]
+    assert answer["problems"] and "unreachable" in answer["problems"][0]
+    assert "127.0.0.1" in answer["problems"][0]
+    status, answer = app.json("/api/stills")
+    assert status == 200 and answer["stills"] == [] and "unreachable" in answer["problems"][0]
+    status, answer = app.json("/api/stills/image:1.jpg")
+    assert status == 503 and "unreachable" in answer["error"]
+
+
+def test_stills_come_newest_first_with_their_remaining_ttl(azurite, world, serve, redis_server):
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    jpeg = {k: bytes([0xFF, 0xD8, k, 0xFF, 0xD9]) for k in range(3)}
+    now = int(time.time())
+    for k, (device, ttl) in enumerate([("dev1", 60), ("dev2", 60), ("dev1", 30)]):
+        key = f"image:{now + k}"
+        fields = {"image_data": jpeg[k], "timestamp": now + k + 0.25, "mime_type": "image/jpeg"}
+        r.hset(key, mapping={**fields, "lux": 12.5 * k, "device": device})
+        r.expire(key, ttl)
+    r.hset("image:123", mapping={"image_data": b"x", "timestamp": 123, "device": "dev1"})
+    r.expire("image:123", 1)
+    time.sleep(1.1)  # expired: gone from the gallery
+    app = serve(values_for(azurite, world["container"], REDIS_URL=redis_server.url))
+    status, answer = app.json("/api/stills")
+    assert status == 200, answer
+    keys = [s["key"] for s in answer["stills"]]
+    assert keys == [f"image:{now + 2}", f"image:{now + 1}", f"image:{now}"]
+    newest = answer["stills"][0]
+    assert newest["device"] == "dev1" and newest["lux"] == 25.0
+    assert 25 <= newest["ttl_s"] <= 30
+    assert parse_iso(newest["timestamp"]).timestamp() == pytest.approx(now + 2.25)
+    status, answer = app.json("/api/stills?device=dev1")
+    assert [s["key"] for s in answer["stills"]] == [f"image:{now + 2}", f"image:{now}"]
+    status, headers, body = app.get(answer["stills"][0]["url"])
+    assert status == 200 and body == jpeg[2] and headers["content-type"] == "image/jpeg"
+    status, answer = app.json("/api/stills/image:42.jpg")
+    assert status == 404 and "no such still" in answer["error"]
+
+
+# --- the access token, and settings refused -----------------------------------------
+
+
+def test_with_a_token_every_request_needs_it_once_then_the_cookie_carries_it(azurite, world, serve):
+    token = "s3cret-token-for-the-test"
+    app = serve(values_for(azurite, world["container"]), "--token", token)
+    status, answer = app.json("/api/devices")
+    assert status == 401 and "token" in answer["error"]
+    status, _ = app.json("/api/devices?token=wrong-token-given")
+    assert status == 401
+    status, headers, _ = app.get(f"/api/devices?token={token}")
+    assert status == 200
+    cookie = headers["set-cookie"].split(";")[0]
+    assert app.get("/api/devices", {"Cookie": cookie})[0] == 200
+    assert app.get("/hls/live.m3u8?device=dev1", {"Cookie": cookie})[0] != 401
+    assert app.get("/api/devices", {"Authorization": f"Bearer {token}"})[0] == 200
+
+
+def hatcam_view(tmp_path, *args, **values) -> tuple[int, str]:
+    """``hatcam --env-file E view ...`` when it refuses to start: (status, stderr)."""
+    from hatcam import cli
+
+    env = tmp_path / "view.env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = subprocess.run(
+        [sys.executable, "-m", "hatcam.cli", "--env-file", str(env), "view", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli  # the same command
+    return result.returncode, result.stderr
+
+
+def test_bound_beyond_loopback_without_a_token_it_refuses_to_start(azurite, world, tmp_path):
+    status, err = hatcam_view(
+        tmp_path, "--bind", "0.0.0.0", **values_for(azurite, world["container"])
+    )
+    assert status != 0 and "--bind 0.0.0.0" in err and "--token" in err
+
+
+def test_a_create_only_sas_is_refused_at_start_in_words(azurite, world, tmp_path):
+    sas = azurite.sas_url(world["container"], "c")
+    status, err = hatcam_view(tmp_path, HATCAM_BLOB_SAS_URL=sas)
+    assert status != 0 and "HATCAM_BLOB_SAS_URL" in err and "rl" in err
+
+
+def test_a_read_list_sas_serves_the_same_bytes(azurite, world, serve):
+    sas = azurite.sas_url(world["container"], "rl")
+    app = serve({"HATCAM_BLOB_SAS_URL": sas})
+    status, day = app.json("/api/timeline?device=dev1&day=2026-11-21")
+    assert status == 200 and len(day["segments"]) == 7
+    blob = day["segments"][0]["blob"]
+    whole = world["client"].get_blob_client(blob).download_blob().readall()
+    assert app.get(f"/media/{blob}", {"Range": "bytes=0-187"})[2] == whole[:188]
+
+
+def test_a_sas_the_account_refuses_is_a_403_in_words_and_the_app_keeps_serving(
+    azurite, world, serve
+):
+    sas = azurite.sas_url(world["container"], "rl")
+    forged = sas.replace("sig=", "sig=AAAA")
+    app = serve({"HATCAM_BLOB_SAS_URL": forged})
+    status, answer = app.json("/api/devices")
+    assert status == 403 and answer["error"], answer
+    status, answer = app.json("/api/timeline?device=dev1&day=2026-11-21")
+    assert status == 403 and answer["error"]
+
+
+def test_a_container_that_does_not_exist_and_an_unknown_device_are_said_in_words(
+    azurite, world, serve
+):
+    app = serve(values_for(azurite, "no-such-container"))
+    status, answer = app.json("/api/devices")
+    assert status == 404 and "no-such-container" in answer["error"], answer
+    app = serve(values_for(azurite, world["container"]))
+    status, answer = app.json("/api/timeline?device=nobody&day=2026-11-21")
+    assert status == 404 and "nobody" in answer["error"]
+    status, answer = app.json("/hls/live.m3u8?device=nobody")
+    assert status == 404 and "nobody" in answer["error"]
