@@ -457,3 +457,79 @@ def test_a_container_that_does_not_exist_and_an_unknown_device_are_said_in_words
     assert status == 404 and "nobody" in answer["error"]
     status, answer = app.json("/hls/live.m3u8?device=nobody")
     assert status == 404 and "nobody" in answer["error"]
+
+
+# --- following live ------------------------------------------------------------------
+
+
+def test_the_live_playlist_ends_at_the_growing_blobs_appended_bytes(azurite, serve, tmp_path):
+    """Three finished segments, then an open append blob growing as the uploader grows
+    it (whole TS packets at frame boundaries): each reload lists its new bytes as a
+    new part, numbered on from the last, and the parts decode to the newest frame."""
+    from hatcam.segment import SegmentName, SegmentRecord
+
+    from tests.test_fetch_live import append, open_live, send_finished
+
+    name = f"viewlive-{uuid.uuid4().hex[:12]}"
+    client = azurite.container(name)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
+    spool = record(tmp_path / "live", 4 * FPS, SEG, device="live1", wall_clock=clock(start))
+    found = []
+    for path in spool.ready_segments():
+        rec = SegmentRecord.from_sidecar(spool.read_metadata(path))
+        found.append((path, rec, SegmentName.parse(path.name).blob_name("live1")))
+    send_finished(client, found[:3])
+    path, rec, blob = found[3]
+    data = path.read_bytes()
+    pieces = packet_cuts(data, 3)  # three appends, each ending at a frame boundary
+    handle = open_live(client, blob, rec)
+    append(handle, data[: pieces[0]])
+    app = serve(values_for(azurite, name))
+    try:
+        status, headers, body = app.get("/hls/live.m3u8?device=live1")
+        assert status == 200, body
+        first = body.decode()
+        assert "#EXT-X-ENDLIST" not in first and "#EXT-X-PLAYLIST-TYPE" not in first
+        listed = entries(first)
+        assert listed[-1]["uri"].endswith(blob) and listed[-1]["range"] == (0, pieces[0])
+        assert {e["uri"] for e in listed[:-1]} == {f"/media/{b}" for _, _, b in found[:3]}
+        seq = int(tag(first, "EXT-X-MEDIA-SEQUENCE"))
+        append(handle, data[pieces[0] : pieces[1]], pieces[0])
+        again = app.get("/hls/live.m3u8?device=live1")[2].decode()
+        relisted = entries(again)
+        seq2 = int(tag(again, "EXT-X-MEDIA-SEQUENCE"))
+        # A part keeps its number and its bytes; the new bytes are the next part.
+        numbered = {seq + i: (e["uri"], e["range"]) for i, e in enumerate(listed)}
+        for i, e in enumerate(relisted):
+            if seq2 + i in numbered:
+                assert numbered[seq2 + i] == (e["uri"], e["range"])
+        assert relisted[-1]["range"] == (pieces[0], pieces[1] - pieces[0])
+        target = int(tag(again, "EXT-X-TARGETDURATION"))
+        assert all(e["seconds"] <= target for e in relisted) and target <= 2
+        # The parts of the open blob, as the player fetches them, decode to its frames.
+        got = b"".join(
+            app.get(e["uri"], {"Range": f"bytes={e['range'][0]}-{sum(e['range']) - 1}"})[2]
+            for e in relisted
+            if e["uri"].endswith(blob)
+        )
+        assert got == data[: pieces[1]]
+        with av.open(io.BytesIO(got), format="mpegts") as ts:
+            counters = [counter(f) for f in ts.decode(video=0)]
+        with av.open(io.BytesIO(data[: pieces[1]]), format="mpegts") as ts:
+            assert counters == [counter(f) for f in ts.decode(video=0)]
+        status, day = app.json(f"/api/timeline?device=live1&day={start.date().isoformat()}")
+        assert [s["live"] for s in day["segments"]] == [False, False, False, True]
+    finally:
+        client.delete_container()
+
+
+def packet_cuts(data: bytes, n: int) -> list[int]:
+    """``n`` byte offsets in a TS file where a video frame's packets begin (the first
+    packet of a PES, payload_unit_start), spread across it, the last the file's end."""
+    starts = [
+        at
+        for at in range(0, len(data), 188)
+        if data[at + 1] & 0x40 and (data[at + 1] & 0x1F) << 8 | data[at + 2] == 0x100
+    ]
+    chosen = [starts[len(starts) * k // n] for k in range(1, n)]
+    return [*chosen, len(data)]
