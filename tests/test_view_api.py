@@ -628,3 +628,32 @@ def test_a_day_of_ten_second_segments_shows_in_about_a_second(azurite, serve, tm
         assert times[0] < 30 and times[1] < 1.0
     finally:
         client.delete_container()
+
+
+def test_the_quick_listing_reads_what_the_sdks_listing_reads(azurite, world):
+    """The view's own List Blobs reader gives fetch's listing the same blobs, with the
+    same sizes, etags, metadata, types, MD5s and times, with the key and with a SAS."""
+    from azure.storage.blob import ContainerClient
+
+    from hatcam.view.quicklist import QuickListing
+
+    sas = ContainerClient.from_container_url(azurite.sas_url(world["container"], "rl"))
+    for client in (world["client"], sas):
+
+        def seen(props):
+            kind = getattr(props.blob_type, "value", props.blob_type)
+            md5 = props.content_settings.content_md5
+            return (
+                props.name,
+                props.size,
+                props.etag,
+                dict(props.metadata),
+                str(kind),
+                bytes(md5) if md5 else None,
+                props.last_modified,
+                props.creation_time,
+            )
+
+        sdk = [seen(p) for p in client.list_blobs(name_starts_with="dev", include=["metadata"])]
+        quick = QuickListing(client).list_blobs(name_starts_with="dev", include=["metadata"])
+        assert [seen(p) for p in quick] == sdk and len(sdk) > 10

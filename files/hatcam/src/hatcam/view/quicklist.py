@@ -13,9 +13,7 @@ etag, metadata, blob type, Content-MD5, times). Everything else is the SDK's:
 from __future__ import annotations
 
 import base64
-import re
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -29,8 +27,6 @@ from azure.core.exceptions import (
 from azure.core.rest import HttpRequest
 
 PAGE = 5000  # the service's largest page
-DAY_FOLDER = re.compile(r"^([^/]+)/(\d{4}-\d{2}-\d{2})/$")  # <device>/<YYYY-MM-DD>/
-HOURS_AT_ONCE = 6
 
 
 @dataclass
@@ -103,21 +99,7 @@ class QuickListing:
         return getattr(self.client, name)
 
     def list_blobs(self, name_starts_with: str | None = None, include=None, **_):
-        """The blobs under the prefix, in name order. A device's day folder is listed as
-        its 24 hours at once (a segment's name begins with its day and hour, so the
-        hours hold every segment and closing record of the day): the service and this
-        side's parsing overlap instead of taking turns."""
-        match = DAY_FOLDER.match(name_starts_with or "")
-        if not match:
-            yield from self._pages(name_starts_with, include)
-            return
-        stamp = match[2].replace("-", "")
-        hours = [f"{name_starts_with}{stamp}T{h:02d}" for h in range(24)]
-        with ThreadPoolExecutor(HOURS_AT_ONCE) as pool:
-            for found in pool.map(lambda p: list(self._pages(p, include)), hours):
-                yield from found
-
-    def _pages(self, name_starts_with: str | None, include):
+        """The blobs under the prefix, in name order, a page (5,000) per request."""
         marker = ""
         base, _, sas = self.client.url.partition("?")
         while True:
