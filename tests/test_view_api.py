@@ -375,6 +375,8 @@ def test_stills_come_newest_first_with_their_remaining_ttl(azurite, world, serve
     assert status == 200 and body == jpeg[2] and headers["content-type"] == "image/jpeg"
     status, answer = app.json("/api/stills/image:42.jpg")
     assert status == 404 and "no such still" in answer["error"]
+    status, answer = app.json("/api/stills/hatcam:health:dev1.jpg")
+    assert status == 404 and "not a still" in answer["error"]
 
 
 # --- the access token, and settings refused -----------------------------------------

@@ -238,11 +238,13 @@ async def stills(request: Request) -> Response:
 async def still_image(request: Request) -> Response:
     view: View = request.app.state.view
     key = request.path_params["key"]
+    if not key.startswith("image:"):
+        raise Problem(404, f"{key}: not a still (their keys are image:<unix seconds>)")
     try:
         data = await run_in_threadpool(_redis(view).image, key)
     except RedisDown as exc:
         raise Problem(503, str(exc)) from None
-    if not key.startswith("image:") or data is None:
+    if data is None:
         raise Problem(404, f"{key}: no such still (expired?)")
     return Response(data, media_type="image/jpeg", headers=NO_STORE)
 
