@@ -659,3 +659,62 @@ def test_the_quick_listing_reads_what_the_sdks_listing_reads(azurite, world):
         sdk = [seen(p) for p in client.list_blobs(name_starts_with="dev", include=["metadata"])]
         quick = QuickListing(client).list_blobs(name_starts_with="dev", include=["metadata"])
         assert [seen(p) for p in quick] == sdk and len(sdk) > 10
+
+
+def test_following_a_recording_camera_the_live_edge_is_seconds_behind_capture(
+    azurite, serve, tmp_path
+):
+    """The real camera and uploader daemons (live appends); the live playlist reloaded
+    as a player reloads it: the newest frame it serves was captured a couple of seconds
+    ago (camera sync, upload, listing), measured by the frame's own capture clock."""
+    import signal
+
+    from tests.support.footage import start_hatcam
+
+    name = f"viewfollow-{uuid.uuid4().hex[:12]}"
+    settings = {
+        "HATCAM_CAMERA": "synthetic",
+        "HATCAM_SPOOL_DIR": tmp_path / "spool",
+        "HATCAM_RESOLUTION": "320x240",
+        "HATCAM_MIN_FREE_MB": "1",
+        "HATCAM_DEVICE": "hat1",
+        "HATCAM_SEGMENT_SECONDS": "4",
+        "HATCAM_RETRY_MAX_SECONDS": "1",
+        "BLOB_CONNECTION_STRING": azurite.connection_string(),
+        "HATCAM_BLOB_CONTAINER": name,
+    }
+    client = azurite.container(name)
+    procs = [
+        start_hatcam(which, settings=settings, log=tmp_path / f"{which}.log")
+        for which in ("camera", "upload")
+    ]
+    try:
+        app = serve(values_for(azurite, name, HATCAM_SEGMENT_SECONDS="4"))
+        lags, deadline = [], time.monotonic() + 60
+        while len(lags) < 12 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status, _, body = app.get("/hls/live.m3u8?device=hat1")
+            if status != 200:
+                continue
+            listed = entries(body.decode())
+            newest = listed[-1]
+            first = next(e for e in listed if e["uri"] == newest["uri"] and e["range"][0] == 0)
+            end = sum(newest["range"])
+            data = app.get(newest["uri"], {"Range": f"bytes=0-{end - 1}"})[2]
+            with av.open(io.BytesIO(data), format="mpegts") as ts:
+                pts = [p.pts for p in ts.demux(video=0) if p.pts is not None]
+            if len(pts) < 2:
+                continue
+            captured = first["pdt"] + timedelta(seconds=(pts[-1] - pts[0]) / 90_000)
+            lags.append((datetime.now(UTC) - captured).total_seconds())
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+        client.delete_container()
+    assert len(lags) >= 8, lags
+    ordered = sorted(lags)
+    median = ordered[len(ordered) // 2]
+    print(f"\nlive edge behind capture: median {median:.2f} s, worst {ordered[-1]:.2f} s")
+    assert median <= 3.0, lags
