@@ -184,7 +184,7 @@ async def live(request: Request) -> Response:
     device = _device(request)
     segs = await _blocking(view, timeline.recent, view.client, device, view.now())
     if not segs:
-        raise Problem(404, f"{device} has nothing in the cloud from today or yesterday")
+        raise Problem(404, f"{device}: nothing of this device in {describe(view.client)}")
     run = timeline.runs_of(segs)[-1]
     return Response(view.live.playlist(device, run), media_type=HLS, headers=NO_STORE)
 
