@@ -612,7 +612,24 @@ def test_a_day_of_ten_second_segments_shows_in_about_a_second(azurite, serve, tm
         started = time.monotonic()
         day_of_segments(client, "day1", T0.replace(hour=0), key=key)
         made = time.monotonic() - started
-        app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)))
+        noon = T0.replace(hour=12)
+        app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)), now=lambda: noon)
+        # A moment, and the live edge, list only the minutes they need, not the day.
+        started = time.monotonic()
+        status, _, body = app.get(f"/hls/play.m3u8?device=day1&at={iso(noon)}")
+        play = time.monotonic() - started
+        assert status == 200
+        listed = entries(body.decode())
+        assert listed[0]["pdt"] >= noon - timedelta(hours=1, minutes=10)
+        assert listed[-1]["pdt"] <= noon + timedelta(hours=1, minutes=10)
+        offset = float(tag(body.decode(), "EXT-X-START").split(",")[0].split("=")[1])
+        assert listed[0]["pdt"] + timedelta(seconds=offset) == noon
+        started = time.monotonic()
+        status, _, body = app.get("/hls/live.m3u8?device=day1")
+        live = time.monotonic() - started
+        assert status == 200 and 3 <= len(entries(body.decode())) <= 10
+        print(f"\nplay.m3u8 {play * 1000:.0f} ms, live.m3u8 {live * 1000:.0f} ms (day of blobs)")
+        assert play < 5 and live < 2
         times = []
         for _ in range(2):
             started = time.monotonic()
