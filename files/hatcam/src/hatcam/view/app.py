@@ -1,4 +1,4 @@
-"""The view's routes (the contract with the page is in the README's view section).
+"""The view's routes (listed in ``create_app``, at the end).
 
 Every answer is JSON, a playlist, or bytes; every failure is ``{"error": "..."}`` with
 a 4xx/5xx status: the Blob SDK's and Redis's errors are put in words here, once, and the
