@@ -735,3 +735,25 @@ def test_following_a_recording_camera_the_live_edge_is_seconds_behind_capture(
     median = ordered[len(ordered) // 2]
     print(f"\nlive edge behind capture: median {median:.2f} s, worst {ordered[-1]:.2f} s")
     assert median <= 3.0, lags
+
+
+def test_a_segment_across_midnight_shows_on_both_days(azurite, serve):
+    """Listing only the buckets a day needs still finds the segment the previous day's
+    folder holds that runs into this day."""
+    from tests.support.manyblobs import day_of_segments
+
+    name = f"viewmid-{uuid.uuid4().hex[:12]}"
+    client = azurite.container(name)
+    try:
+        before = T0.replace(hour=0) - timedelta(seconds=25)  # 23:59:35 the day before
+        day_of_segments(client, "mid1", before, count=6, seconds=10.0)
+        app = serve(values_for(azurite, name))
+        starts = {}
+        for day in ("2026-11-20", "2026-11-21"):
+            status, answer = app.json(f"/api/timeline?device=mid1&day={day}")
+            assert status == 200, answer
+            starts[day] = [parse_iso(s["start"]).strftime("%H:%M:%S") for s in answer["segments"]]
+        assert starts["2026-11-20"] == ["23:59:35", "23:59:45", "23:59:55"]
+        assert starts["2026-11-21"] == ["23:59:55", "00:00:05", "00:00:15", "00:00:25"]
+    finally:
+        client.delete_container()
