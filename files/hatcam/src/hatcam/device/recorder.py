@@ -14,6 +14,7 @@ import av
 from .audio import AudioFormat
 from .audio.capture import open_capture
 from .camera import open_camera
+from .health import HealthPublisher
 from .segmenter import DATA_STREAMS, Segmenter, recover
 from .signing import Signer
 from .spool import DiskGuard, Spool
@@ -159,6 +160,7 @@ class Recorder:
         self._write_state("starting")  # with what the camera says of itself
         if self.stills:
             self.stills.start()
+        HealthPublisher.start_for(s, self.spool, self.stop_event)  # REDIS_URL set: stills or not
         why = None
         try:
             why = self._watch(started)
