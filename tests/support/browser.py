@@ -105,6 +105,14 @@ def frame_counter(page: Page) -> int:
     return page.evaluate(f"({_READ_COUNTER})(document.getElementById('video'))")
 
 
+def frame_counter_at(page: Page) -> tuple[float, int]:
+    """(the page's wall clock in ms, the counter of the picture on screen then)."""
+    now, counter = page.evaluate(
+        f"() => [Date.now(), ({_READ_COUNTER})(document.getElementById('video'))]"
+    )
+    return now, counter
+
+
 def playback(page: Page) -> dict:
     """What the video element says: time, decoded frames, paused, and the page's figures."""
     return page.evaluate(

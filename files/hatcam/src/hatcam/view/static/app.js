@@ -144,14 +144,30 @@ async function loadDevices() {
     tr.addEventListener("click", () => selectDevice(d.device));
     tbody.append(tr);
   }
-  if (!state.device && state.devices.length) selectDevice(state.devices[0].device);
+  if (!state.device) {
+    // ?device=&day= in the address picks them (a bookmark); else the first camera.
+    const params = new URLSearchParams(location.search);
+    const wanted = params.get("device");
+    if (wanted) {
+      state.day = params.get("day") || null;
+      selectDevice(wanted);
+    } else if (state.devices.length) selectDevice(state.devices[0].device);
+  }
+  const known = state.devices.some((d) => d.device === state.device);
+  setProblems("device", state.device && !known
+    ? [`No camera called "${state.device}" has uploaded to this container` +
+       (state.devices.length ? ` (it holds ${state.devices.map((d) => d.device).join(", ")}).` : ".")]
+    : []);
 }
 
 function selectDevice(device) {
   if (state.device !== device) {
+    const bookmarked = state.device === null && state.day;  // ?day= kept for the first pick
     state.device = device;
     const d = state.devices.find((x) => x.device === device);
-    state.day = d && d.newest ? dayOf(new Date(d.newest)) : dayOf(new Date());
+    if (!bookmarked) {
+      state.day = d && d.newest ? dayOf(new Date(d.newest)) : dayOf(new Date());
+    }
     $("day").value = state.day;
     for (const tr of $("devices").tBodies[0].rows) {
       tr.classList.toggle("selected", tr.dataset.device === device);
