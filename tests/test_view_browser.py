@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import av
 import pytest
 import redis
 
@@ -295,6 +296,38 @@ def test_stills_appear_newest_first_and_new_ones_arrive_with_their_time_to_live(
     )
     assert page.eval_on_selector_all("#stills figure", "els => els.length") == 3
     shot(page, "stills")
+
+
+# --- export -------------------------------------------------------------------------
+
+
+def test_an_exported_range_downloads_as_an_mp4_holding_exactly_that_range(
+    azurite, container, tmp_path, view, browser
+):
+    name, _ = container
+    upload(azurite, name, record(tmp_path / "a", "dev1", T0, 10 * FPS * 2))  # 20 s
+    app = view(**blob_settings(azurite, name))
+    page = new_page(browser)
+    page.goto(app.url)
+    page.wait_for_selector("#timeline[data-start]")
+    page.fill("#export-from", f"{T0 + timedelta(seconds=4):%H:%M:%S}")
+    page.fill("#export-to", f"{T0 + timedelta(seconds=10):%H:%M:%S}")
+    page.click("#export-start")
+    page.wait_for_selector('#export-status[data-state="done"]', timeout=60_000)
+    assert page.get_attribute("#export-progress", "value") == page.get_attribute(
+        "#export-progress", "max"
+    )
+    shot(page, "export-done")
+    with page.expect_download() as download:
+        page.click("#export-files a")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    with av.open(str(saved)) as mp4:
+        assert mp4.format.name.startswith("mov,mp4")
+        frames = sum(1 for _ in mp4.decode(video=0))
+    # Whole segments: the 2 s segments from 08:00:04 up to 08:00:10 (three of them).
+    assert frames == 3 * 2 * FPS
+    assert banner(page) == ""
 
 
 # --- bad input ----------------------------------------------------------------------
