@@ -1,4 +1,4 @@
-"""The ``hatcam`` command: camera, upload, status, check, keygen (device) and fetch (laptop).
+"""The ``hatcam`` command: camera, upload, status, check, keygen (device); fetch, view (laptop).
 
 It parses, then hands over to one wing, imported only then: ``hatcam camera``
 never loads fetch's code (nor rich), ``hatcam fetch`` never loads the device's.
@@ -155,6 +155,13 @@ def cmd_fetch(args) -> int:
     return command.run_fetch(settings, options, values.get("HATCAM_KEYS_DIR"))
 
 
+def cmd_view(args) -> int:
+    # The web view (operator wing): its imports (Starlette, uvicorn) load only here.
+    from .view.server import run_view
+
+    return run_view(config.read_environment(args.env_file), args.fetch_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hatcam", description=__doc__)
     parser.add_argument(
@@ -187,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(func=cmd_keygen)
     fetch = sub.add_parser("fetch", help=FETCH_HELP, add_help=False)
     fetch.set_defaults(func=cmd_fetch)
+    view = sub.add_parser(
+        "view",
+        help="the footage, stills and health in a browser (--help for options)",
+        add_help=False,
+    )
+    view.set_defaults(func=cmd_view)
     verify = sub.add_parser(
         "verify",
         help="check an MP4 from fetch against the device's signed records (exit 0: all verified)",
@@ -206,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "fetch":
+    if args.command in ("fetch", "view"):
         args.fetch_args = extra  # `hatcam fetch --help` included
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -12,6 +12,7 @@ import time
 import av
 
 from .camera import open_camera
+from .health import HealthPublisher
 from .segmenter import DATA_STREAMS, Segmenter, recover
 from .signing import Signer
 from .spool import DiskGuard, Spool
@@ -138,6 +139,7 @@ class Recorder:
         self._write_state("starting")  # with what the camera says of itself
         if self.stills:
             self.stills.start()
+        HealthPublisher.start_for(s, self.spool, self.stop_event)  # REDIS_URL set: stills or not
         why = None
         try:
             why = self._watch(started)

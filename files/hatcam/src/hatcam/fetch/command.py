@@ -168,8 +168,9 @@ def _gap_text(gap: stitch.Gap) -> str:
 
 
 class Fetch:
-    def __init__(self, settings, args, out=None, err=None, ring=None):
+    def __init__(self, settings, args, out=None, err=None, ring=None, progress=None):
         self.settings = settings
+        self.progress = progress  # the download's progress (default: bars or lines on out)
         self.args = args
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -573,7 +574,11 @@ class Fetch:
             return EXIT_OK
         self.root.mkdir(parents=True, exist_ok=True)
         downloader = Downloader(
-            self.client, self.cache, self.inspect, make_progress(self.out), self.args.jobs
+            self.client,
+            self.cache,
+            self.inspect,
+            self.progress or make_progress(self.out),
+            self.args.jobs,
         )
         record = self.load_stitched()
         stitched = {}

@@ -1,0 +1,223 @@
+"""A device's day from the blob listing alone: its segments, runs, gaps and proof ranges.
+
+Built on fetch's listing (names, metadata, closing records: no blob body is read) and
+fetch's record checks (a signed record names its device and segment, its signature
+holds, the chain of records has no break). A record's bytes are not hashed here: that
+needs the bytes, and ``hatcam fetch`` (or the export) does it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from ..fetch import listing, verify
+from ..segment import blob_end, iso
+
+VERIFIED, UNVERIFIED, MISSING = "verified", "unverified", "missing"
+# An unfinished segment's end when nothing else tells it: bytes at the camera's default rate.
+DEFAULT_BYTES_PER_SECOND = 4_000_000 / 8
+
+
+@dataclass
+class Seg:
+    """One segment as the view uses it: what to serve and where it sits in time."""
+
+    blob: str
+    start: datetime
+    end: datetime
+    frames: int | None
+    live: bool  # still open: an append blob with no closing record yet (it may grow)
+    size: int  # the bytes to serve (the device's: a closing record's length, whole packets)
+    boot: str | None
+    seq: int | None
+    proof: str = UNVERIFIED
+
+    @property
+    def seconds(self) -> float:
+        return max(0.001, (self.end - self.start).total_seconds())
+
+    def to_dict(self) -> dict:
+        return {
+            "blob": self.blob,
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "frames": self.frames,
+            "live": self.live,
+        }
+
+
+@dataclass
+class Run:
+    segments: list[Seg]
+
+    @property
+    def start(self) -> datetime:
+        return self.segments[0].start
+
+    @property
+    def end(self) -> datetime:
+        return self.segments[-1].end
+
+    def to_dict(self) -> dict:
+        return {"start": iso(self.start), "end": iso(self.end), "segments": len(self.segments)}
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def segs_of(remotes: list[listing.Remote]) -> list[Seg]:
+    """The view's segments of fetch's remotes (one device, in time order). An unfinished
+    segment's end is estimated from its size at the rate of the one before it."""
+    found: list[Seg] = []
+    rate = DEFAULT_BYTES_PER_SECOND
+    for remote in remotes:
+        if remote.legacy:
+            continue
+        record = remote.record
+        frames = record.contents.frames if record else None
+        end = remote.end
+        if end is None or end <= remote.start:
+            end = remote.start + timedelta(seconds=max(0.04, remote.size / rate))
+        elif remote.size:
+            rate = remote.size / max(0.04, (end - remote.start).total_seconds())
+        found.append(
+            Seg(
+                remote.name,
+                remote.start,
+                end,
+                frames,
+                remote.kind == listing.UNFINISHED,
+                remote.size,
+                remote.boot,
+                remote.seq,
+            )
+        )
+    return found
+
+
+def max_gap(segs: list[Seg]) -> float:
+    """About two segment lengths, as fetch's stitch splits files."""
+    return 2 * statistics.median(s.seconds for s in segs) + 0.5 if segs else 0.0
+
+
+def runs_of(segs: list[Seg]) -> list[Run]:
+    """Continuous runs: one camera daemon lifetime (same boot, rising sequence, so the
+    capture clock runs on across segments) with no gap longer than ``max_gap``."""
+    limit = max_gap(segs)
+    runs: list[Run] = []
+    for seg in segs:
+        prev = runs[-1].segments[-1] if runs else None
+        continued = (
+            prev is not None
+            and seg.boot is not None
+            and seg.boot == prev.boot
+            and (seg.seq or 0) > (prev.seq or 0)
+            and (seg.start - prev.end).total_seconds() <= limit
+        )
+        if continued:
+            runs[-1].segments.append(seg)
+        else:
+            runs.append(Run([seg]))
+    return runs
+
+
+def gaps_of(runs: list[Run]) -> list[dict]:
+    return [
+        {
+            "start": iso(a.end),
+            "end": iso(b.start),
+            "seconds": round(max(0.0, (b.start - a.end).total_seconds()), 3),
+        }
+        for a, b in zip(runs, runs[1:], strict=False)
+    ]
+
+
+def judge(ring, device: str, remotes: list[listing.Remote], segs: list[Seg]) -> list[dict]:
+    """Proof ranges: verified (a valid signed record of this segment), unverified (no key
+    for the device, no valid record, or unfinished: its checkpoints are inside the file),
+    missing (a break in the chain of records: segments that never reached the cloud)."""
+    by_name = {seg.blob: seg for seg in segs}
+    records = []
+    if device in ring.devices():
+        for remote in remotes:
+            seg = by_name.get(remote.name)
+            if seg is None or remote.proof is None or remote.kind == listing.UNFINISHED:
+                continue
+            if verify.record_problem(ring, remote.proof, device, remote.filename) is None:
+                seg.proof = VERIFIED
+                records.append((remote.name, remote.proof))
+    ranges: list[dict] = []
+    for seg in segs:
+        last = ranges[-1] if ranges else None
+        if last is not None and last["state"] == seg.proof and last["_end"] >= seg.start:
+            last["_end"] = max(last["_end"], seg.end)
+            continue
+        ranges.append({"_start": seg.start, "_end": seg.end, "state": seg.proof})
+    for gap in verify.chain(device, records) if records else []:
+        ranges.append({"_start": gap.start, "_end": gap.end, "state": MISSING})
+    ranges.sort(key=lambda r: r["_start"])
+    return [{"start": iso(r["_start"]), "end": iso(r["_end"]), "state": r["state"]} for r in ranges]
+
+
+def day(client, device: str, on: date, ring, notes: list[str] | None = None) -> dict:
+    """The ``/api/timeline`` answer for one device and UTC day."""
+    since, until = day_bounds(on)
+    remotes = listing.list_device(client, device, since, until, notes)
+    segs = segs_of(remotes)
+    proof = judge(ring, device, remotes, segs)
+    runs = runs_of(segs)
+    return {
+        "device": device,
+        "day": on.isoformat(),
+        "segments": [s.to_dict() for s in segs],
+        "runs": [r.to_dict() for r in runs],
+        "gaps": gaps_of(runs),
+        "proof": proof,
+    }
+
+
+def recent(client, device: str, now: datetime, notes: list[str] | None = None) -> list[Seg]:
+    """The device's segments of today and yesterday (UTC): enough to find the newest run."""
+    since = datetime.combine(now.date() - timedelta(days=1), time(), tzinfo=UTC)
+    return segs_of(listing.list_device(client, device, since, now + timedelta(days=1), notes))
+
+
+def around(client, device: str, at: datetime, notes: list[str] | None = None) -> Run | None:
+    """The continuous run that holds ``at`` (None: nothing was recorded then)."""
+    since = at - timedelta(hours=12)
+    segs = segs_of(listing.list_device(client, device, since, at + timedelta(hours=12), notes))
+    for run in runs_of(segs):
+        if run.start <= at < run.end:
+            return run
+    return None
+
+
+def newest(client, device: str, now: datetime, hours: int = 48) -> datetime | None:
+    """When the device's newest blob ends (its record's end, else when it was last
+    appended to), looking back an hour's listing at a time."""
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    for back in range(hours + 1):
+        at = hour - timedelta(hours=back)
+        prefix = f"{device}/{at:%Y-%m-%d}/{at:%Y%m%dT%H}"
+        ends = [
+            blob_end(props.metadata or {}) or props.last_modified
+            for props in client.list_blobs(name_starts_with=prefix, include=["metadata"])
+        ]
+        if ends:
+            return max(e.astimezone(UTC) for e in ends if e is not None)
+    days = []  # quiet for longer: the newest day folder
+    for item in client.walk_blobs(name_starts_with=f"{device}/", delimiter="/"):
+        try:
+            days.append(date.fromisoformat(item.name.rstrip("/").rpartition("/")[2]))
+        except ValueError:
+            continue
+    for on in sorted(days, reverse=True)[:3]:
+        since, until = day_bounds(on)
+        segs = segs_of(listing.list_device(client, device, since, until))
+        if segs:
+            return max(s.end for s in segs)
+    return None
