@@ -76,7 +76,7 @@ def view_round(browser, app: ViewApp, moment: datetime, fps: int) -> dict:
     context, page = page_at(browser, app, DEVICE, f"{moment:%Y-%m-%d}")
     try:
         page.fill("#at-time", f"{moment:%H:%M:%S}")
-        page.evaluate(ARM_FIRST_FRAME)
+        page.evaluate(ARM_FIRST_FRAME, False)
         started = time.perf_counter()
         page.click("#play-at")
         frame = first_frame(page, timeout=60)

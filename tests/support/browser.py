@@ -70,10 +70,13 @@ _READ_COUNTER = """
 
 # Hooks the next frame the video element presents: pauses there and keeps its counter, its
 # capture time (the page's playingDate, from PROGRAM-DATE-TIME) and when it was presented.
+# With ``hold`` the page's play() is held back until RELEASE_PLAY, so the frame caught is
+# the one the player put on screen at the start position, before any playing moves it on.
 ARM_FIRST_FRAME = (
     """
-() => {
+(hold) => {
   const video = document.getElementById("video");
+  if (hold) video.play = () => Promise.resolve();
   const readCounter = """
     + _READ_COUNTER
     + """;
@@ -92,6 +95,13 @@ ARM_FIRST_FRAME = (
 }
 """
 )
+
+
+RELEASE_PLAY = """() => {
+  const video = document.getElementById("video");
+  delete video.play;
+  return video.play();
+}"""
 
 
 def first_frame(page: Page, timeout: float = 30) -> dict:
