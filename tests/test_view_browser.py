@@ -34,7 +34,7 @@ from tests.support.browser import (
     new_page,
     playback,
 )
-from tests.support.footage import start_hatcam, wait_until
+from tests.support.footage import hatcam, start_hatcam, wait_until
 from tests.support.procs import free_port
 from tests.support.viewapp import ViewApp
 from tests.test_fetch import FPS, T0, record, upload
@@ -344,25 +344,40 @@ def test_a_container_that_does_not_exist_is_said_in_words(azurite, view, browser
     page = new_page(browser)
     page.goto(app.url)
     page.wait_for_selector("#banner:not([hidden])")
-    assert "no-such-container" in banner(page)
+    assert "container not found" in banner(page)
+    assert "HATCAM_BLOB_CONTAINER" in banner(page)
     assert page.locator("#devices").is_visible()  # the page is there, not a blank one
     shot(page, "bad-container")
 
 
-def test_a_credential_without_read_rights_is_said_in_words(
+def test_a_credential_without_read_rights_is_refused_in_one_line_before_serving(
+    azurite, container, tmp_path
+):
+    name, _ = container
+    sas = azurite.sas_url(name, "l")  # may list, may not read
+    result = hatcam("view", "--port", str(free_port()), settings={"HATCAM_BLOB_SAS_URL": sas})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("hatcam: HATCAM_BLOB_SAS_URL: the SAS grants sp=l"), line
+    assert "missing r" in line
+    assert "sig=" not in line  # the secret is never shown
+
+
+def test_a_credential_the_cloud_refuses_is_said_in_words_on_the_page(
     azurite, container, tmp_path, view, browser
 ):
     name, _ = container
     upload(azurite, name, record(tmp_path / "a", "dev1", T0, 2 * FPS * 2))
-    sas = azurite.sas_url(name, "l")  # may list, may not read
+    sas = azurite.sas_url(name, "rl", hours=-1)  # read and list, but expired an hour ago
     app = view(HATCAM_BLOB_SAS_URL=sas)
     page = new_page(browser)
     page.goto(f"{app.url}?device=dev1&day={T0:%Y-%m-%d}")
     page.wait_for_selector("#banner:not([hidden])")
-    words = banner(page).lower()
-    assert "read" in words, words
+    words = banner(page)
     assert "sig=" not in words  # the secret is never shown
-    shot(page, "credential-without-read")
+    assert page.locator("#devices").is_visible()
+    shot(page, "credential-refused")
+    assert "403" in words or "refused" in words.lower() or "expired" in words.lower(), words
 
 
 def test_redis_unreachable_is_said_in_words_and_the_cloud_still_shows(
