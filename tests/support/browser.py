@@ -25,6 +25,7 @@ ARGS = [
     "--mute-audio",
 ]
 VIEWPORT = {"width": 1400, "height": 1000}
+# The page shows UTC; a 24-hour locale makes its time inputs read the same way.
 
 
 @contextlib.contextmanager
@@ -44,7 +45,7 @@ def chromium() -> Iterator[Browser]:
 
 def new_page(browser: Browser) -> Page:
     """A fresh page (own cookies) at the size the screenshots are taken at."""
-    context = browser.new_context(viewport=VIEWPORT)
+    context = browser.new_context(viewport=VIEWPORT, locale="en-GB", timezone_id="UTC")
     return context.new_page()
 
 

@@ -107,17 +107,24 @@ function deviceState(d) {
 
 async function loadDevices() {
   const body = await getJSON("/api/devices", "devices");
-  if (!body) return;
-  state.devices = body.devices || [];
   const tbody = $("devices").tBodies[0];
-  tbody.replaceChildren();
-  if (!state.devices.length) {
+  const note = (text) => {
     const tr = document.createElement("tr");
-    const td = cell("No camera has uploaded anything to this container yet.", "muted");
+    const td = cell(text, "muted");
     td.colSpan = 9;
     tr.append(td);
     tbody.append(tr);
+  };
+  if (!body) {
+    if (!state.devices.length) {
+      tbody.replaceChildren();
+      note("Could not list the cameras: see the problem above.");
+    }
+    return;
   }
+  state.devices = body.devices || [];
+  tbody.replaceChildren();
+  if (!state.devices.length) note("No camera has uploaded anything to this container yet.");
   for (const d of state.devices) {
     const h = d.health;
     const tr = document.createElement("tr");
