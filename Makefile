@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 VPI_APT_PACKAGES := mmdebstrap systemd-container nftables iproute2 openssh-client
 
-.PHONY: help setup test lint test-molecule test-arm demo demo-clean bench provision fetch clean
+.PHONY: help setup test lint test-molecule test-arm demo demo-clean bench provision fetch view clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -85,6 +85,13 @@ fetch: $(VENV)/bin/ansible-playbook ## download + stitch footage: make fetch FET
 	ANSIBLE_CONFIG=ansible/ansible.cfg ansible-playbook -i localhost, ansible/fetch.yml \
 	  -e hatcam_downloader_venv=$(FETCH_VENV) -e hatcam_downloader_env_file=$(FETCH_ENV) $(FETCH_PLAYBOOK_ARGS)
 	$(FETCH_VENV)/bin/hatcam --env-file $(FETCH_ENV) fetch $(FETCH_ARGS)
+
+VIEW_ARGS ?=
+
+view: $(VENV)/bin/ansible-playbook ## the footage, stills and health in a browser (this computer): make view VIEW_ARGS="--port 8765"
+	ANSIBLE_CONFIG=ansible/ansible.cfg ansible-playbook -i localhost, ansible/fetch.yml \
+	  -e hatcam_downloader_venv=$(FETCH_VENV) -e hatcam_downloader_env_file=$(FETCH_ENV) $(FETCH_PLAYBOOK_ARGS)
+	$(FETCH_VENV)/bin/hatcam --env-file $(FETCH_ENV) view $(VIEW_ARGS)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .cache .pytest_cache

@@ -159,7 +159,7 @@ def cmd_view(args) -> int:
     # The web view (operator wing): its imports (Starlette, uvicorn) load only here.
     from .view.server import run_view
 
-    return run_view(config.read_environment(args.env_file), args.fetch_args)
+    return run_view(args.env_file, args.fetch_args)
 
 
 def build_parser() -> argparse.ArgumentParser:

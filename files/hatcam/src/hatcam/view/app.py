@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import config
-from ..blob import explain
+from ..blob import describe, explain
 from ..fetch import listing
 from ..segment import iso, parse_iso
 from . import media, timeline
@@ -66,11 +66,12 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=NO_STORE)
 
 
-def blob_problem(exc: Exception, action: str) -> Problem:
+def blob_problem(exc: Exception, action: str, where: str) -> Problem:
     """The Blob SDK's error as a Problem: 404s stay 404, a refusal is 403, else 502."""
     status = getattr(exc, "status_code", None)
     code = 404 if status == 404 else 403 if status == 403 else 502
-    return Problem(code, explain(exc, action, "rl" if action == "listing" else "r", "rl"))
+    needs = "rl" if action == "listing" else "r"
+    return Problem(code, f"{where}: {explain(exc, action, needs, 'rl')}")
 
 
 def _device(request: Request) -> str:
@@ -89,13 +90,15 @@ def _moment(text: str | None, name: str) -> datetime:
         ) from None
 
 
-async def _blocking(fn, *args, action: str = "listing"):
+async def _blocking(view: View, fn, *args, action: str = "listing"):
+    """``fn(*args)`` in the thread pool, the Blob SDK's errors as Problems naming the
+    account and container (never the key or the signature)."""
     try:
         return await run_in_threadpool(fn, *args)
     except HttpResponseError as exc:
-        raise blob_problem(exc, action) from None
+        raise blob_problem(exc, action, describe(view.client)) from None
     except AzureError as exc:
-        raise Problem(502, explain(exc, action)) from None
+        raise Problem(502, f"{describe(view.client)}: {explain(exc, action)}") from None
 
 
 # --- devices, timeline ---------------------------------------------------------------
@@ -105,7 +108,7 @@ async def devices(request: Request) -> Response:
     view: View = request.app.state.view
     now = view.now()
     problems: list[str] = []
-    names = (await _blocking(listing.discover, view.client))[0]
+    names = (await _blocking(view, listing.discover, view.client))[0]
     health: dict = {}
     if view.redis is not None:
         try:
@@ -115,7 +118,7 @@ async def devices(request: Request) -> Response:
             problems.append(str(exc))
     answer = []
     for name in names:
-        newest = await _blocking(timeline.newest, view.client, name, now)
+        newest = await _blocking(view, timeline.newest, view.client, name, now)
         entry = {"device": name, "newest": iso(newest) if newest else None, "health": None}
         if name in health:
             published = health[name]
@@ -139,7 +142,11 @@ async def day_timeline(request: Request) -> Response:
     except ValueError:
         raise Problem(400, f"day: {text!r} is not a date (use YYYY-MM-DD)") from None
     notes: list[str] = []
-    answer = await _blocking(timeline.day, view.client, device, on, view.ring, notes)
+    answer = await _blocking(view, timeline.day, view.client, device, on, view.ring, notes)
+    if not answer["segments"]:  # an empty day, or a device this container never saw?
+        names = (await _blocking(view, listing.discover, view.client))[0]
+        if device not in names:
+            raise Problem(404, f"{device}: no footage of this device in {describe(view.client)}")
     return JSONResponse({**answer, "problems": notes}, headers=NO_STORE)
 
 
@@ -150,7 +157,7 @@ async def play(request: Request) -> Response:
     view: View = request.app.state.view
     device = _device(request)
     at = _moment(request.query_params.get("at"), "at")
-    run = await _blocking(timeline.around, view.client, device, at)
+    run = await _blocking(view, timeline.around, view.client, device, at)
     if run is None:
         raise Problem(404, f"{device} recorded nothing at {iso(at)}")
     return Response(vod(run, at), media_type=HLS, headers=NO_STORE)
@@ -159,7 +166,7 @@ async def play(request: Request) -> Response:
 async def live(request: Request) -> Response:
     view: View = request.app.state.view
     device = _device(request)
-    segs = await _blocking(timeline.recent, view.client, device, view.now())
+    segs = await _blocking(view, timeline.recent, view.client, device, view.now())
     if not segs:
         raise Problem(404, f"{device} has nothing in the cloud from today or yesterday")
     run = timeline.runs_of(segs)[-1]
@@ -175,7 +182,7 @@ async def blob_bytes(request: Request) -> Response:
     try:
         wanted = media.parse_range(request.headers.get("range"))
         down, first, count, size = await _blocking(
-            media.open_range, view.client, blob, wanted, action="download"
+            view, media.open_range, view.client, blob, wanted, action="download"
         )
     except (media.RangeError, Problem) as exc:
         if isinstance(exc, Problem) and "416" not in exc.message:

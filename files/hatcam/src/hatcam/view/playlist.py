@@ -6,8 +6,10 @@ A recorded moment is a VOD playlist of its continuous run, started at the moment
 append blob: its bytes are exposed as ``EXT-X-BYTERANGE`` parts, cut where the blob
 ended at each reload (the uploader appends what the camera synced: whole TS packets,
 frame boundaries), so a frame is on screen a few seconds after capture instead of a
-segment length later. A part, once listed, never changes (an HLS client numbers them);
-``LiveParts`` remembers the cuts for the server's lifetime.
+segment length later. A part, once listed, keeps its number and bytes (an HLS client
+numbers them; the one exception: bytes a blob gains after the next blob was listed join
+its last part, as they cannot be numbered after it); ``LiveParts`` remembers the cuts of
+the blobs in the window for the server's lifetime.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from .timeline import Run, Seg
 
 TS_PACKET = 188
 LIVE_WINDOW_SECONDS = 30.0  # what a live playlist spans behind its edge
-PART_SECONDS = 1.0  # a finished segment first seen in a live playlist: parts this long
 
 
 def media_uri(blob: str) -> str:
@@ -68,16 +69,17 @@ def _whole(size: int) -> int:
 
 
 class _Blob:
-    """One blob's parts: ``cuts`` are their edges (parts are [cuts[i], cuts[i+1]))."""
+    """One blob's parts: ``cuts`` are their edges (parts are [cuts[i], cuts[i+1])).
 
-    def __init__(self, seg: Seg, part_seconds: float):
+    Cuts are only where the blob ended at a reload: the uploader's appends end where the
+    camera synced, after a whole frame, so no frame is split between two parts (a
+    player's TS demuxer drops a frame cut in two). A blob first seen finished is one
+    whole part: where its frames begin is not known without reading it."""
+
+    def __init__(self):
         self.cuts = [0]
         self.frozen = False  # a later blob is numbered after it: no more parts
         self.first_sn: int | None = None
-        if not seg.live:  # first seen finished: even parts, by bytes
-            n = max(1, round(seg.seconds / part_seconds))
-            self.cuts += [_whole(seg.size * k // n) for k in range(1, n)]
-            self.cuts = sorted(set(self.cuts))
 
     @property
     def parts(self) -> int:
@@ -96,8 +98,7 @@ class _Blob:
 class LiveParts:
     """Every device's live parts and their sequence numbers, for the server's lifetime."""
 
-    def __init__(self, part_seconds: float = PART_SECONDS, window: float = LIVE_WINDOW_SECONDS):
-        self.part_seconds = part_seconds
+    def __init__(self, window: float = LIVE_WINDOW_SECONDS):
         self.window = window
         self.blobs: dict[str, _Blob] = {}
         self.next_sn: dict[str, int] = {}  # per device: the first number not yet given
@@ -121,7 +122,7 @@ class LiveParts:
         for seg in shown:
             blob = self.blobs.get(seg.blob)
             if blob is None:
-                blob = self.blobs[seg.blob] = _Blob(seg, self.part_seconds)
+                blob = self.blobs[seg.blob] = _Blob()
             blob.grow(seg)
             if blob.first_sn is None:
                 if prev is not None and prev.first_sn is not None:
@@ -132,6 +133,9 @@ class LiveParts:
             self.next_sn[device] = max(self.next_sn.get(device, 0), blob.first_sn + blob.parts)
             entries.append((seg, blob))
             prev = blob
+        listed = {seg.blob for seg, _ in entries}
+        for name in [n for n in self.blobs if n.startswith(f"{device}/") and n not in listed]:
+            del self.blobs[name]  # slid out of the window: never listed again
         lines, target, first = [], 1.0, None
         for seg, blob in entries:
             per_byte = seg.seconds / max(1, seg.size)

@@ -98,14 +98,17 @@ def build(values: dict[str, str], args):
     return create_app(view)
 
 
-def run_view(values: dict[str, str], argv: list[str]) -> int:
+def run_view(env_file, argv: list[str]) -> int:
+    """Options first (``--help`` needs no settings), then the settings fetch reads."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog="hatcam view", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hatcam view", description=__doc__.splitlines()[0].replace("`", "")
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        app = build(values, args)
+        app = build(config.read_environment(env_file), args)
     except ValueError as exc:
         print(f"hatcam view: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from ..fetch import listing, verify
-from ..segment import blob_end, iso
+from ..segment import CLOSING_SUFFIX, blob_end, iso
 
 VERIFIED, UNVERIFIED, MISSING = "verified", "unverified", "missing"
 # An unfinished segment's end when nothing else tells it: bytes at the camera's default rate.
@@ -196,28 +196,36 @@ def around(client, device: str, at: datetime, notes: list[str] | None = None) ->
     return None
 
 
-def newest(client, device: str, now: datetime, hours: int = 48) -> datetime | None:
+def _newest_end(props_list) -> datetime | None:
+    """The latest end among listed blobs: a live blob's from its closing record when it
+    has one, else when it was last appended to (it may be growing now)."""
+    listed = list(props_list)
+    cut = len(CLOSING_SUFFIX)
+    closing = {p.name[:-cut]: p for p in listed if p.name.endswith(CLOSING_SUFFIX)}
+    ends = [
+        blob_end(closing.get(p.name, p).metadata or {}) or p.last_modified
+        for p in listed
+        if not p.name.endswith(CLOSING_SUFFIX)
+    ]
+    ends = [e.astimezone(UTC) for e in ends if e is not None]
+    return max(ends) if ends else None
+
+
+def newest(client, device: str, now: datetime) -> datetime | None:
     """When the device's newest blob ends (its record's end, else when it was last
-    appended to), looking back an hour's listing at a time."""
-    hour = now.replace(minute=0, second=0, microsecond=0)
-    for back in range(hours + 1):
-        at = hour - timedelta(hours=back)
-        prefix = f"{device}/{at:%Y-%m-%d}/{at:%Y%m%dT%H}"
-        ends = [
-            blob_end(props.metadata or {}) or props.last_modified
-            for props in client.list_blobs(name_starts_with=prefix, include=["metadata"])
-        ]
-        if ends:
-            return max(e.astimezone(UTC) for e in ends if e is not None)
-    days = []  # quiet for longer: the newest day folder
+    appended to): the newest day folder, then its hours from the last, one listing each,
+    so a day of 8,640 blobs is not listed whole for one time."""
+    days = []
     for item in client.walk_blobs(name_starts_with=f"{device}/", delimiter="/"):
         try:
             days.append(date.fromisoformat(item.name.rstrip("/").rpartition("/")[2]))
         except ValueError:
             continue
-    for on in sorted(days, reverse=True)[:3]:
-        since, until = day_bounds(on)
-        segs = segs_of(listing.list_device(client, device, since, until))
-        if segs:
-            return max(s.end for s in segs)
+    for on in sorted(days, reverse=True)[:2]:
+        last = now.hour if on == now.date() else 23
+        for hour in range(min(23, max(0, last + 1)), -1, -1):
+            prefix = f"{device}/{on:%Y-%m-%d}/{on:%Y%m%d}T{hour:02d}"
+            found = _newest_end(client.list_blobs(name_starts_with=prefix, include=["metadata"]))
+            if found is not None:
+                return found
     return None
