@@ -342,11 +342,13 @@ function startPlayer(url, mode, label) {
   }
   const live = mode === "live";
   const hls = new Hls({
-    // Live: stay close to the edge; the app's playlist already ends seconds behind capture.
+    // Live: stay 1 s behind the playlist's edge (which is itself what the camera has
+    // appended so far), and play up to 1.5x to get back there after a stall; hls.js only
+    // adjusts the rate in its low-latency mode (our playlists have no LL-HLS parts).
     liveSyncDuration: live ? 1 : undefined,
     liveMaxLatencyDuration: live ? 6 : undefined,
     maxLiveSyncPlaybackRate: 1.5,
-    lowLatencyMode: false,
+    lowLatencyMode: live,
     enableWorker: true,
     startPosition: -1,
   });
