@@ -533,3 +533,60 @@ def packet_cuts(data: bytes, n: int) -> list[int]:
     ]
     chosen = [starts[len(starts) * k // n] for k in range(1, n)]
     return [*chosen, len(data)]
+
+
+# --- export ------------------------------------------------------------------------
+
+
+def test_an_export_is_the_mp4_hatcam_fetch_makes_with_its_progress(azurite, world, serve, tmp_path):
+    from hatcam import cli
+
+    values = values_for(azurite, world["container"], HATCAM_KEYS_DIR=str(world["keys"]))
+    app = serve(values, "--out", str(tmp_path / "exports"))
+    since, until = iso(T0), iso(T0 + timedelta(seconds=5))
+    body = json.dumps({"device": "dev1", "start": since, "end": until}).encode()
+    status, _, reply = app.get("/api/export", {"Content-Type": "application/json"}, body)
+    assert status == 202, reply
+    job = json.loads(reply)["job"]
+    deadline = time.monotonic() + 60
+    while True:
+        status, state = app.json(f"/api/export/{job}")
+        assert status == 200
+        if state["state"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert state["state"] == "done", state
+    assert state["done"] == state["total"] == 5 and len(state["files"]) == 1
+    status, headers, mp4 = app.get(f"/api/export/{job}/file/{state['files'][0]}")
+    assert status == 200 and headers["content-type"] == "video/mp4"
+    env = tmp_path / "fetch.env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    out = tmp_path / "fetched"
+    argv = ["--env-file", str(env), "fetch", "--out", str(out), "--device", "dev1"]
+    assert cli.main([*argv, "--since", since, "--until", until]) == 0
+    [fetched] = sorted(out.glob("*.mp4"))
+    assert fetched.name == state["files"][0]
+    with av.open(io.BytesIO(mp4)) as a, av.open(str(fetched)) as b:
+        mine = [(f.pts, counter(f)) for f in a.decode(video=0)]
+        theirs = [(f.pts, counter(f)) for f in b.decode(video=0)]
+    assert mine == theirs and len(mine) == 5 * FPS
+    assert mp4 == fetched.read_bytes()
+
+
+def test_bad_export_requests_are_refused_in_words(azurite, world, serve, tmp_path):
+    app = serve(values_for(azurite, world["container"]), "--out", str(tmp_path / "x"))
+    for body, words in [
+        (b"not json", "not JSON"),
+        (
+            b'{"device": "dev1", "start": "2026-11-21T08:00:05Z", "end": "2026-11-21T08:00:00Z"}',
+            "not before",
+        ),
+        (
+            b'{"device": "a b", "start": "2026-11-21T08:00:00Z", "end": "2026-11-21T09:00:00Z"}',
+            "device",
+        ),
+    ]:
+        status, _, reply = app.get("/api/export", {"Content-Type": "application/json"}, body)
+        assert status == 400 and words in json.loads(reply)["error"]
+    status, answer = app.json("/api/export/nope")
+    assert status == 404 and "nope" in answer["error"]
