@@ -24,7 +24,8 @@ in Debian's chromium (tests/support/browser.py). Work files go to bench/work/vie
            the delay from capture to screen, median and max, against the goal of live
            upload's recovery point (2 s) + 3 s.
   timeline GET /api/timeline for a day of 8,640 10 s segments (blobs with the device's
-           metadata, made by tests/support/manyblobs.py), beside the floor: the SDK's own
+           metadata and signed records, made by tests/support/manyblobs.py; the app checks
+           every signature against the device's key), beside the floor: the SDK's own
            listing of the same blobs with their metadata; goal 1 s.
 """
 
@@ -43,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.fetch_bench import DEVICE, START, make_segments, upload_all
-from hatcam import config
+from hatcam import config, proof
 from hatcam.segment import LIVE_KEY
 
 from tests.support import ROOT
@@ -270,15 +271,20 @@ def live(args, azurite: Azurite, browser, work: Path) -> dict:
 
 def timeline(args, azurite: Azurite, work: Path) -> dict:
     """/api/timeline on a day of 8,640 blobs, beside the SDK's own listing of them."""
-    from tests.support import manyblobs
+    from tests.support.manyblobs import day_of_segments
 
     container = "day"
     client = azurite.container(container)
     day = START.replace(hour=0)
-    made = manyblobs.make_day(client, "daycam", day, args.blobs)
+    keys = work / "keys"
+    keys.mkdir(parents=True)
+    key = proof.DeviceKey.generate(work / "daycam.key")
+    (keys / f"daycam-{key.id}.pub").write_text(key.public_line("daycam") + "\n")
+    made = len(day_of_segments(client, "daycam", day, args.blobs, key=key))
     store = {
         "BLOB_CONNECTION_STRING": azurite.connection_string(),
         "HATCAM_BLOB_CONTAINER": container,
+        "HATCAM_KEYS_DIR": str(keys),  # every record's signature checked, as an operator would
     }
     prefix = f"daycam/{day:%Y-%m-%d}/"
     rounds = []
