@@ -362,7 +362,7 @@ def main() -> int:
             f"  play a random moment, view (click to first frame): {p['view_first_frame_s']:.2f} s"
             f" median, {p['view_first_frame_max_s']:.2f} s max (goal <= 2 s: "
             f"{met['play_first_frame_2s']}); right picture: {p['right_picture']}\n"
-            f"  hatcam fetch of the hour before it can be watched:  {p['fetch_hour_s']:.2f} s "
+            f"  hatcam fetch of all of it before it can be watched:{p['fetch_hour_s']:.2f} s "
             f"({p['hour_ratio']}x view)\n"
             f"  hatcam fetch of just that moment's 10 s:             {p['fetch_moment_s']:.2f} s "
             f"({p['moment_ratio']}x view)\n"
