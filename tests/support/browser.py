@@ -25,7 +25,6 @@ ARGS = [
     "--mute-audio",
 ]
 VIEWPORT = {"width": 1400, "height": 1000}
-# The page shows UTC; a 24-hour locale makes its time inputs read the same way.
 
 
 @contextlib.contextmanager
