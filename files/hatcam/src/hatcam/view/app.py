@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -37,6 +38,8 @@ STATIC = Path(__file__).parent / "static"
 HLS = "application/vnd.apple.mpegurl"
 COOKIE = "hatcam_view_token"
 NO_STORE = {"Cache-Control": "no-store"}
+DAY_KEPT_TODAY = 5.0  # seconds a timeline answer is reused: today's (it grows)
+DAY_KEPT_PAST = 60.0  # an earlier day's (a camera back online may still upload to it)
 
 
 @dataclass
@@ -49,6 +52,8 @@ class View:
     redis: RedisReader | None = None
     token: str | None = None
     live: LiveParts = field(default_factory=LiveParts)
+    checked: dict = field(default_factory=dict)  # signature checks, by blob name and etag
+    days: dict = field(default_factory=dict)  # (device, day): (when, timeline answer)
     static: Path = STATIC
     segment_seconds: float = 10.0  # HATCAM_SEGMENT_SECONDS: when a camera counts as silent
     now: object = field(default=lambda: datetime.now(UTC))
@@ -141,13 +146,24 @@ async def day_timeline(request: Request) -> Response:
         on = date.fromisoformat(text)
     except ValueError:
         raise Problem(400, f"day: {text!r} is not a date (use YYYY-MM-DD)") from None
+    # A day's listing takes the service a while (8,640 blobs for 10 s segments): the
+    # answer is kept a little, shorter for a day that may still grow.
+    keep = DAY_KEPT_TODAY if on >= view.now().date() else DAY_KEPT_PAST
+    kept = view.days.get((device, on))
+    if kept is not None and time.monotonic() - kept[0] < keep:
+        return JSONResponse(kept[1], headers=NO_STORE)
     notes: list[str] = []
-    answer = await _blocking(view, timeline.day, view.client, device, on, view.ring, notes)
+    answer = await _blocking(
+        view, timeline.day, view.client, device, on, view.ring, notes, view.checked
+    )
     if not answer["segments"]:  # an empty day, or a device this container never saw?
         names = (await _blocking(view, listing.discover, view.client))[0]
         if device not in names:
             raise Problem(404, f"{device}: no footage of this device in {describe(view.client)}")
-    return JSONResponse({**answer, "problems": notes}, headers=NO_STORE)
+    answer = {**answer, "problems": notes}
+    view.days = {k: v for k, v in view.days.items() if time.monotonic() - v[0] < DAY_KEPT_PAST}
+    view.days[(device, on)] = (time.monotonic(), answer)
+    return JSONResponse(answer, headers=NO_STORE)
 
 
 # --- playlists, media ----------------------------------------------------------------
@@ -222,11 +238,13 @@ async def stills(request: Request) -> Response:
 async def still_image(request: Request) -> Response:
     view: View = request.app.state.view
     key = request.path_params["key"]
+    if not key.startswith("image:"):
+        raise Problem(404, f"{key}: not a still (their keys are image:<unix seconds>)")
     try:
         data = await run_in_threadpool(_redis(view).image, key)
     except RedisDown as exc:
         raise Problem(503, str(exc)) from None
-    if not key.startswith("image:") or data is None:
+    if data is None:
         raise Problem(404, f"{key}: no such still (expired?)")
     return Response(data, media_type="image/jpeg", headers=NO_STORE)
 

@@ -57,7 +57,7 @@ def vod(run: Run, at: datetime) -> str:
         lines += [
             _pdt(seg.start),
             f"#EXTINF:{seg.seconds:.3f},",
-            f"#EXT-X-BYTERANGE:{seg.size}@0",
+            f"#EXT-X-BYTERANGE:{_whole(seg.size) if seg.live else seg.size}@0",
             media_uri(seg.blob),
         ]
     lines.append("#EXT-X-ENDLIST")

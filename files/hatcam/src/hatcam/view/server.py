@@ -63,6 +63,7 @@ def build(values: dict[str, str], args):
     from ..fetch.command import load_keys
     from .app import View, create_app
     from .export import Exports
+    from .quicklist import QuickListing
     from .stills import RedisReader
 
     if not 0 < args.port < 65536:
@@ -88,7 +89,7 @@ def build(values: dict[str, str], args):
     except ValueError:
         segment_seconds = 10.0
     view = View(
-        client=container_client(settings, retries=1),
+        client=QuickListing(container_client(settings, retries=1)),
         ring=ring,
         exports=Exports(settings, ring, args.out),
         redis=redis,

@@ -136,10 +136,16 @@ def gaps_of(runs: list[Run]) -> list[dict]:
     ]
 
 
-def judge(ring, device: str, remotes: list[listing.Remote], segs: list[Seg]) -> list[dict]:
+def judge(
+    ring, device: str, remotes: list[listing.Remote], segs: list[Seg], checked: dict | None = None
+) -> list[dict]:
     """Proof ranges: verified (a valid signed record of this segment), unverified (no key
     for the device, no valid record, or unfinished: its checkpoints are inside the file),
-    missing (a break in the chain of records: segments that never reached the cloud)."""
+    missing (a break in the chain of records: segments that never reached the cloud).
+    ``checked`` remembers each blob's signature check across calls (by name and etag)."""
+    checked = {} if checked is None else checked
+    if len(checked) > 200_000:  # a few weeks of 10 s segments: start again
+        checked.clear()
     by_name = {seg.blob: seg for seg in segs}
     records = []
     if device in ring.devices():
@@ -147,7 +153,11 @@ def judge(ring, device: str, remotes: list[listing.Remote], segs: list[Seg]) -> 
             seg = by_name.get(remote.name)
             if seg is None or remote.proof is None or remote.kind == listing.UNFINISHED:
                 continue
-            if verify.record_problem(ring, remote.proof, device, remote.filename) is None:
+            known = (remote.name, remote.etag)  # a blob's etag changes with its metadata
+            if known not in checked:
+                problem = verify.record_problem(ring, remote.proof, device, remote.filename)
+                checked[known] = problem is None
+            if checked[known]:
                 seg.proof = VERIFIED
                 records.append((remote.name, remote.proof))
     ranges: list[dict] = []
@@ -163,12 +173,12 @@ def judge(ring, device: str, remotes: list[listing.Remote], segs: list[Seg]) -> 
     return [{"start": iso(r["_start"]), "end": iso(r["_end"]), "state": r["state"]} for r in ranges]
 
 
-def day(client, device: str, on: date, ring, notes: list[str] | None = None) -> dict:
+def day(client, device: str, on: date, ring, notes: list[str] | None = None, checked=None) -> dict:
     """The ``/api/timeline`` answer for one device and UTC day."""
     since, until = day_bounds(on)
     remotes = listing.list_device(client, device, since, until, notes)
     segs = segs_of(remotes)
-    proof = judge(ring, device, remotes, segs)
+    proof = judge(ring, device, remotes, segs, checked)
     runs = runs_of(segs)
     return {
         "device": device,
