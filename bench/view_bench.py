@@ -50,6 +50,7 @@ from hatcam.segment import LIVE_KEY
 from tests.support import ROOT
 from tests.support.browser import ARM_FIRST_FRAME, chromium, first_frame, frame_counter_at
 from tests.support.footage import env, start_hatcam, wait_until
+from tests.support.manyblobs import day_of_segments
 from tests.support.services import Azurite
 from tests.support.viewapp import ViewApp
 
@@ -271,8 +272,6 @@ def live(args, azurite: Azurite, browser, work: Path) -> dict:
 
 def timeline(args, azurite: Azurite, work: Path) -> dict:
     """/api/timeline on a day of 8,640 blobs, beside the SDK's own listing of them."""
-    from tests.support.manyblobs import day_of_segments
-
     container = "day"
     client = azurite.container(container)
     day = START.replace(hour=0)
@@ -334,7 +333,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.minutes, args.rounds, args.live_seconds, args.blobs = 5, 1, 10, 8640
+        args.minutes, args.rounds, args.live_seconds, args.blobs = 5, 1, 10, 864
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     azurite = Azurite(args.work / "azurite").start()
