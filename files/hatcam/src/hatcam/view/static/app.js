@@ -309,7 +309,9 @@ function hlsProblem(data) {
   // hls.js's error in words a person can act on.
   const where = data.response && data.response.code ? ` (the app answered ${data.response.code})` : "";
   if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
-    return `Playback: could not load ${data.details.replace(/Error$/, "").replace(/([A-Z])/g, " $1").toLowerCase().trim()}${where}`;
+    const what = /^(manifest|level)/.test(data.details) ? "the playlist" : "the footage";
+    const timeout = /TimeOut$/.test(data.details) ? " in time" : "";
+    return `Playback: could not load ${what}${timeout} from the hatcam view app${where}`;
   }
   if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
     return `Playback: this browser could not decode the footage (${data.details})`;
