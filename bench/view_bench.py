@@ -23,10 +23,12 @@ in Debian's chromium (tests/support/browser.py). Work files go to bench/work/vie
            when the camera captured that frame (the first segment's start + counter / fps):
            the delay from capture to screen, median and max, against the goal of live
            upload's recovery point (2 s) + 3 s.
-  timeline GET /api/timeline for a day of 8,640 10 s segments (blobs with the device's
-           metadata and signed records, made by tests/support/manyblobs.py; the app checks
-           every signature against the device's key), beside the floor: the SDK's own
-           listing of the same blobs with their metadata; goal 1 s.
+  timeline GET /api/timeline, the first answer of a fresh app (the app keeps a day's answer
+           a little, so asked again it is faster: reported beside), for a day of 8,640 10 s
+           segments (blobs with the device's metadata and signed records, made by
+           tests/support/manyblobs.py; the app checks every signature against the device's
+           key), beside the floor: the SDK's own listing of the same blobs with their
+           metadata; goal 1 s.
 """
 
 from __future__ import annotations
@@ -286,34 +288,45 @@ def timeline(args, azurite: Azurite, work: Path) -> dict:
         "HATCAM_KEYS_DIR": str(keys),  # every record's signature checked, as an operator would
     }
     prefix = f"daycam/{day:%Y-%m-%d}/"
+    url_path = f"api/timeline?device=daycam&day={day:%Y-%m-%d}"
+
+    def fetch_json(app: ViewApp) -> tuple[float, int]:
+        started = time.perf_counter()
+        with urllib.request.urlopen(app.url + url_path, timeout=120) as answer:
+            body = json.load(answer)
+        return time.perf_counter() - started, len(body["segments"])
+
+    def cold() -> tuple[float, float, int]:
+        """A fresh app (nothing kept): the first answer, what a person opening the page
+        waits for; then the same question again, answered from what the app keeps."""
+        with ViewApp(work / "view", store) as app:
+            first, segments = fetch_json(app)
+            again, _ = fetch_json(app)
+        return first, again, segments
+
+    def floor() -> tuple[float, int]:
+        started = time.perf_counter()
+        listed = sum(1 for _ in client.list_blobs(prefix, include=["metadata"]))
+        return time.perf_counter() - started, listed
+
     rounds = []
-    with ViewApp(work / "view", store) as app:
-        url = f"{app.url}api/timeline?device=daycam&day={day:%Y-%m-%d}"
-
-        def api():
-            started = time.perf_counter()
-            with urllib.request.urlopen(url, timeout=60) as answer:
-                body = json.load(answer)
-            return time.perf_counter() - started, len(body["segments"])
-
-        def floor():
-            started = time.perf_counter()
-            listed = sum(1 for _ in client.list_blobs(prefix, include=["metadata"]))
-            return time.perf_counter() - started, listed
-
-        api()  # the app's first request pays for its imports and connection
-        for index in range(args.rounds):
-            if index % 2 == 0:
-                (api_s, segments), (floor_s, listed) = api(), floor()
-            else:
-                (floor_s, listed), (api_s, segments) = floor(), api()
-            rounds.append((api_s, floor_s, segments, listed))
+    for index in range(args.rounds):
+        if index % 2 == 0:
+            (api_s, kept_s, segments), (floor_s, listed) = cold(), floor()
+        else:
+            (floor_s, listed), (api_s, kept_s, segments) = floor(), cold()
+        rounds.append((api_s, floor_s, segments, listed, kept_s))
     return {
         "blobs_made": made,
         "segments_shown": rounds[0][2],
         "blobs_listed": rounds[0][3],
+        "rounds": [
+            {"api_s": round(r[0], 3), "listing_s": round(r[1], 3), "kept_s": round(r[4], 3)}
+            for r in rounds
+        ],
         "api_s": round(median(r[0] for r in rounds), 3),
         "api_max_s": round(max(r[0] for r in rounds), 3),
+        "kept_s": round(median(r[4] for r in rounds), 3),
         "listing_s": round(median(r[1] for r in rounds), 3),
         "ratio": round(median(r[0] / r[1] for r in rounds), 2),
     }
@@ -328,6 +341,7 @@ def main() -> int:
     parser.add_argument("--live-size", default="640x360")
     parser.add_argument("--live-seconds", type=float, default=30)
     parser.add_argument("--blobs", type=int, default=8640)
+    parser.add_argument("--parts", default="play,live,timeline", help="which to measure")
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke run")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "view")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -336,16 +350,23 @@ def main() -> int:
         args.minutes, args.rounds, args.live_seconds, args.blobs = 5, 1, 10, 864
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
+    parts = set(args.parts.split(","))
     azurite = Azurite(args.work / "azurite").start()
+    figures = {}
     try:
-        with chromium() as browser:
-            figures = {
-                "play": play(args, azurite, browser, args.work / "play"),
-                "live": live(args, azurite, browser, args.work / "live"),
-            }
-        figures["timeline"] = timeline(args, azurite, args.work / "timeline")
+        if parts & {"play", "live"}:
+            with chromium() as browser:
+                if "play" in parts:
+                    figures["play"] = play(args, azurite, browser, args.work / "play")
+                if "live" in parts:
+                    figures["live"] = live(args, azurite, browser, args.work / "live")
+        if "timeline" in parts:
+            figures["timeline"] = timeline(args, azurite, args.work / "timeline")
     finally:
         azurite.stop()
+    if parts != {"play", "live", "timeline"}:  # a part alone: its raw figures only
+        print(json.dumps(figures))
+        return 0
     p, lv, t = figures["play"], figures["live"], figures["timeline"]
     figures["goals"] = {
         "play_first_frame_2s": p["view_first_frame_max_s"] <= PLAY_GOAL_S,
@@ -369,7 +390,8 @@ def main() -> int:
             f"{lv['delay_max_s']:.2f} s max over {lv['samples']} samples (goal <= 5 s: "
             f"{met['live_delay_5s']}); the page printed {lv['page_delay_p50_s']} s\n"
             f"/api/timeline, {t['segments_shown']} segments: {t['api_s']:.3f} s median, "
-            f"{t['api_max_s']:.3f} s max (goal <= 1 s: {met['timeline_1s']}); the SDK's listing "
+            f"{t['api_max_s']:.3f} s max, a fresh app's first answer (goal <= 1 s: "
+            f"{met['timeline_1s']}), {t['kept_s']:.3f} s asked again; the SDK's listing "
             f"alone {t['listing_s']:.3f} s ({t['ratio']}x)"
         )
     return 0
