@@ -612,7 +612,24 @@ def test_a_day_of_ten_second_segments_shows_in_about_a_second(azurite, serve, tm
         started = time.monotonic()
         day_of_segments(client, "day1", T0.replace(hour=0), key=key)
         made = time.monotonic() - started
-        app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)))
+        noon = T0.replace(hour=12)
+        app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)), now=lambda: noon)
+        # A moment, and the live edge, list only the minutes they need, not the day.
+        started = time.monotonic()
+        status, _, body = app.get(f"/hls/play.m3u8?device=day1&at={iso(noon)}")
+        play = time.monotonic() - started
+        assert status == 200
+        listed = entries(body.decode())
+        assert listed[0]["pdt"] >= noon - timedelta(hours=1, minutes=10)
+        assert listed[-1]["pdt"] <= noon + timedelta(hours=1, minutes=10)
+        offset = float(tag(body.decode(), "EXT-X-START").split(",")[0].split("=")[1])
+        assert listed[0]["pdt"] + timedelta(seconds=offset) == noon
+        started = time.monotonic()
+        status, _, body = app.get("/hls/live.m3u8?device=day1")
+        live = time.monotonic() - started
+        assert status == 200 and 3 <= len(entries(body.decode())) <= 10
+        print(f"\nplay.m3u8 {play * 1000:.0f} ms, live.m3u8 {live * 1000:.0f} ms (day of blobs)")
+        assert play < 5 and live < 2
         times = []
         for _ in range(2):
             started = time.monotonic()
@@ -659,3 +676,84 @@ def test_the_quick_listing_reads_what_the_sdks_listing_reads(azurite, world):
         sdk = [seen(p) for p in client.list_blobs(name_starts_with="dev", include=["metadata"])]
         quick = QuickListing(client).list_blobs(name_starts_with="dev", include=["metadata"])
         assert [seen(p) for p in quick] == sdk and len(sdk) > 10
+
+
+def test_following_a_recording_camera_the_live_edge_is_seconds_behind_capture(
+    azurite, serve, tmp_path
+):
+    """The real camera and uploader daemons (live appends); the live playlist reloaded
+    as a player reloads it: the newest frame it serves was captured a couple of seconds
+    ago (camera sync, upload, listing), measured by the frame's own capture clock."""
+    import signal
+
+    from tests.support.footage import start_hatcam
+
+    name = f"viewfollow-{uuid.uuid4().hex[:12]}"
+    settings = {
+        "HATCAM_CAMERA": "synthetic",
+        "HATCAM_SPOOL_DIR": tmp_path / "spool",
+        "HATCAM_RESOLUTION": "320x240",
+        "HATCAM_MIN_FREE_MB": "1",
+        "HATCAM_DEVICE": "hat1",
+        "HATCAM_SEGMENT_SECONDS": "4",
+        "HATCAM_RETRY_MAX_SECONDS": "1",
+        "BLOB_CONNECTION_STRING": azurite.connection_string(),
+        "HATCAM_BLOB_CONTAINER": name,
+    }
+    client = azurite.container(name)
+    procs = [
+        start_hatcam(which, settings=settings, log=tmp_path / f"{which}.log")
+        for which in ("camera", "upload")
+    ]
+    try:
+        app = serve(values_for(azurite, name, HATCAM_SEGMENT_SECONDS="4"))
+        lags, deadline = [], time.monotonic() + 60
+        while len(lags) < 12 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status, _, body = app.get("/hls/live.m3u8?device=hat1")
+            if status != 200:
+                continue
+            listed = entries(body.decode())
+            newest = listed[-1]
+            first = next(e for e in listed if e["uri"] == newest["uri"] and e["range"][0] == 0)
+            end = sum(newest["range"])
+            data = app.get(newest["uri"], {"Range": f"bytes=0-{end - 1}"})[2]
+            with av.open(io.BytesIO(data), format="mpegts") as ts:
+                pts = [p.pts for p in ts.demux(video=0) if p.pts is not None]
+            if len(pts) < 2:
+                continue
+            captured = first["pdt"] + timedelta(seconds=(pts[-1] - pts[0]) / 90_000)
+            lags.append((datetime.now(UTC) - captured).total_seconds())
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+        client.delete_container()
+    assert len(lags) >= 8, lags
+    ordered = sorted(lags)
+    median = ordered[len(ordered) // 2]
+    print(f"\nlive edge behind capture: median {median:.2f} s, worst {ordered[-1]:.2f} s")
+    assert median <= 3.0, lags
+
+
+def test_a_segment_across_midnight_shows_on_both_days(azurite, serve):
+    """Listing only the buckets a day needs still finds the segment the previous day's
+    folder holds that runs into this day."""
+    from tests.support.manyblobs import day_of_segments
+
+    name = f"viewmid-{uuid.uuid4().hex[:12]}"
+    client = azurite.container(name)
+    try:
+        before = T0.replace(hour=0) - timedelta(seconds=25)  # 23:59:35 the day before
+        day_of_segments(client, "mid1", before, count=6, seconds=10.0)
+        app = serve(values_for(azurite, name))
+        starts = {}
+        for day in ("2026-11-20", "2026-11-21"):
+            status, answer = app.json(f"/api/timeline?device=mid1&day={day}")
+            assert status == 200, answer
+            starts[day] = [parse_iso(s["start"]).strftime("%H:%M:%S") for s in answer["segments"]]
+        assert starts["2026-11-20"] == ["23:59:35", "23:59:45", "23:59:55"]
+        assert starts["2026-11-21"] == ["23:59:55", "00:00:05", "00:00:15", "00:00:25"]
+    finally:
+        client.delete_container()

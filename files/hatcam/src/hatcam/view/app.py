@@ -1,4 +1,4 @@
-"""The view's routes (the contract with the page is in the README's view section).
+"""The view's routes (listed in ``create_app``, at the end).
 
 Every answer is JSON, a playlist, or bytes; every failure is ``{"error": "..."}`` with
 a 4xx/5xx status: the Blob SDK's and Redis's errors are put in words here, once, and the
@@ -184,7 +184,7 @@ async def live(request: Request) -> Response:
     device = _device(request)
     segs = await _blocking(view, timeline.recent, view.client, device, view.now())
     if not segs:
-        raise Problem(404, f"{device} has nothing in the cloud from today or yesterday")
+        raise Problem(404, f"{device}: nothing of this device in {describe(view.client)}")
     run = timeline.runs_of(segs)[-1]
     return Response(view.live.playlist(device, run), media_type=HLS, headers=NO_STORE)
 

@@ -115,8 +115,14 @@ def run_view(env_file, argv: list[str]) -> int:
         return EXIT_USAGE
     host = f"[{args.bind}]" if ":" in args.bind else args.bind
     link = f"http://{host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
-    print(f"hatcam view: open {link}", flush=True)
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)  # exits 1, saying why, when it cannot bind
+            if self.started:
+                print(f"hatcam view: open {link}", flush=True)
+
+    server = Server(
         uvicorn.Config(app, host=args.bind, port=args.port, log_level="warning", access_log=False)
     )
     server.run()

@@ -18,6 +18,7 @@ from ..segment import CLOSING_SUFFIX, blob_end, iso
 VERIFIED, UNVERIFIED, MISSING = "verified", "unverified", "missing"
 # An unfinished segment's end when nothing else tells it: bytes at the camera's default rate.
 DEFAULT_BYTES_PER_SECOND = 4_000_000 / 8
+AROUND = timedelta(hours=1)  # a moment's playlist: its run, at most this far either side
 
 
 @dataclass
@@ -176,7 +177,7 @@ def judge(
 def day(client, device: str, on: date, ring, notes: list[str] | None = None, checked=None) -> dict:
     """The ``/api/timeline`` answer for one device and UTC day."""
     since, until = day_bounds(on)
-    remotes = listing.list_device(client, device, since, until, notes)
+    remotes = listing.list_device(Window(client, since, until), device, since, until, notes)
     segs = segs_of(remotes)
     proof = judge(ring, device, remotes, segs, checked)
     runs = runs_of(segs)
@@ -190,17 +191,64 @@ def day(client, device: str, on: date, ring, notes: list[str] | None = None, che
     }
 
 
+class Window:
+    """A client whose listing of a device's day folder covers only the ten-minute buckets
+    that can hold segments overlapping [since, until): a segment's name begins with its
+    start (``YYYYMMDDTHHM...``), and fetch's listing allows segments up to SLACK long.
+    A day of 10 s segments is 8,640 blobs; following live needs the last few of them."""
+
+    BUCKET = timedelta(minutes=10)
+
+    def __init__(self, client, since: datetime, until: datetime):
+        self.client, self.since, self.until = client, since, until
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def list_blobs(self, name_starts_with: str | None = None, include=None, **kw):
+        prefix = name_starts_with or ""
+        folder = prefix.rstrip("/").rpartition("/")[2]
+        try:
+            first = datetime.combine(date.fromisoformat(folder), time(), tzinfo=UTC)
+        except ValueError:
+            first = None
+        if first is None or not prefix.endswith("/"):
+            yield from self.client.list_blobs(name_starts_with=prefix, include=include, **kw)
+            return
+        lo = max(first, self.since - listing.SLACK)
+        hi = min(first + timedelta(days=1), self.until)
+        if lo <= first and hi >= first + timedelta(days=1):  # the whole day: one listing
+            yield from self.client.list_blobs(name_starts_with=prefix, include=include, **kw)
+            return
+        at = lo.replace(minute=lo.minute - lo.minute % 10, second=0, microsecond=0)
+        while at < hi:
+            bucket = f"{prefix}{at:%Y%m%dT%H}{at.minute // 10}"
+            yield from self.client.list_blobs(name_starts_with=bucket, include=include, **kw)
+            at += self.BUCKET
+
+
 def recent(client, device: str, now: datetime, notes: list[str] | None = None) -> list[Seg]:
-    """The device's segments of today and yesterday (UTC): enough to find the newest run."""
-    since = datetime.combine(now.date() - timedelta(days=1), time(), tzinfo=UTC)
-    return segs_of(listing.list_device(client, device, since, now + timedelta(days=1), notes))
+    """The device's segments of the last two minutes, or, when it has been quiet since,
+    of the two minutes before its newest blob ended: enough for the newest run's edge."""
+    for edge in (now, None):
+        if edge is None:
+            edge = newest(client, device, now)
+            if edge is None:
+                return []
+        since, until = edge - timedelta(minutes=2), edge + timedelta(minutes=1)
+        found = listing.list_device(Window(client, since, until), device, since, until, notes)
+        if found:
+            return segs_of(found)
+    return []
 
 
 def around(client, device: str, at: datetime, notes: list[str] | None = None) -> Run | None:
-    """The continuous run that holds ``at`` (None: nothing was recorded then)."""
-    since = at - timedelta(hours=12)
-    segs = segs_of(listing.list_device(client, device, since, at + timedelta(hours=12), notes))
-    for run in runs_of(segs):
+    """The continuous run that holds ``at``, within an hour either side of it (a day's
+    run is thousands of segments; a player needs the ones near where it plays); None:
+    nothing was recorded then."""
+    since, until = at - AROUND, at + AROUND
+    found = listing.list_device(Window(client, since, until), device, since, until, notes)
+    for run in runs_of(segs_of(found)):
         if run.start <= at < run.end:
             return run
     return None
