@@ -22,7 +22,7 @@ $(VENV)/.installed: files/hatcam/pyproject.toml requirements-dev.txt tests/host-
 	tests/host-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './files/hatcam[fetch]' -r requirements-dev.txt
+	$(PY) -m pip install -q -e './files/hatcam[fetch,view]' -r requirements-dev.txt
 	touch $@
 
 $(AZURITE):

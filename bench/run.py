@@ -4,7 +4,8 @@
     python -m bench.run [--quick]          (from the repository root)
 
 Runs bench/device_bench.py, bench/fetch_bench.py, bench/recovery_bench.py,
-bench/signing_bench.py, bench/audio_bench.py (each starts its own Azurite / redis-server) and
+bench/signing_bench.py, bench/audio_bench.py, bench/view_bench.py (each starts its own
+Azurite / redis-server; the view bench drives Debian's chromium) and
 bench/writer_stall.py (mounts the test SD card: root), then tabulates; --quick only prints. Ratios
 are the point: these machines are noisy, absolute times are not comparable between runs.
 """
@@ -171,6 +172,40 @@ def writer_stall_rows(w: dict) -> list[tuple[str, str, str, str, str]]:
     return found
 
 
+def view_rows(v: dict) -> list[tuple[str, str, str, str, str]]:
+    """``hatcam view`` beside ``hatcam fetch`` and the SDK's listing, same run."""
+    p, lv, t = v["play"], v["live"], v["timeline"]
+    play_ok = v["goals"]["play_first_frame_2s"] and p["right_picture"]
+    return [
+        (
+            f"view: a random moment of a 1-hour recording in the cloud on screen (click to "
+            f"first frame, Chromium), beside `hatcam fetch` of the hour before it can be "
+            f"watched; {p['recording']}, {p['megabytes']} MB; median of {len(p['rounds'])} "
+            "rounds, who goes first alternating",
+            f"{p['view_first_frame_s']:.2f} s (max {p['view_first_frame_max_s']:.2f} s)",
+            f"{p['fetch_hour_s']:.2f} s (fetch of only that 10 s: {p['fetch_moment_s']:.2f} s)",
+            f"{1 / p['hour_ratio']:.3f}x",
+            f"<= 2 s, right picture: {verdict(play_ok)}",
+        ),
+        (
+            f"view: follow live, capture to screen (frame counter read off the picture), "
+            f"{lv['size']} 30 fps synthetic camera uploading live, {lv['samples']} samples",
+            f"{lv['delay_p50_s']:.2f} s median, {lv['delay_max_s']:.2f} s max",
+            "-",
+            "-",
+            f"max <= 2 + 3 s: {verdict(v['goals']['live_delay_5s'])}",
+        ),
+        (
+            f"view: /api/timeline for a day of {t['segments_shown']} signed segments, a fresh "
+            "app's first answer, beside the SDK's listing of the same blobs with metadata",
+            f"{t['api_s']:.3f} s (max {t['api_max_s']:.3f} s; asked again {t['kept_s']:.3f} s)",
+            f"{t['listing_s']:.3f} s",
+            f"{t['ratio']:.2f}x",
+            f"<= 1 s: {verdict(v['goals']['timeline_1s'])}",
+        ),
+    ]
+
+
 def signing_rows(s: dict) -> list[tuple[str, str, str, str, str]]:
     """The camera with a device key beside the camera without one, same run."""
     d, w = s["daemons"], s["writepath"]
@@ -327,6 +362,7 @@ def main() -> int:
     writer = run_json("writer_stall.py", *quick)
     signing = run_json("signing_bench.py", *quick)
     audio = run_json("audio_bench.py", *quick)
+    view = run_json("view_bench.py", *quick)
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     header = (
         f"# hatcam benchmarks\n\n"
@@ -349,6 +385,7 @@ def main() -> int:
         + writer_stall_rows(writer)
         + signing_rows(signing)
         + audio_rows(audio)
+        + view_rows(view)
     ]
     text = (
         header
@@ -362,6 +399,7 @@ def main() -> int:
                 "writer_stall": writer,
                 "signing": signing,
                 "audio": audio,
+                "view": view,
             },
             indent=1,
         )

@@ -13,6 +13,7 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 [[ -e /usr/include/sys/capability.h ]] || need+=(libcap-dev)  # picamera2's python-prctl
 command -v fusermount3 >/dev/null || need+=(fuse3)  # the test SD card (tests/support/sdcard.py)
+command -v chromium >/dev/null || need+=(chromium)  # the browser tests (tests/support/browser.py)
 for pkg in "$@"; do  # extra packages a target asks for: install when their dpkg is absent
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
