@@ -597,10 +597,12 @@ def test_bad_export_requests_are_refused_in_words(azurite, world, serve, tmp_pat
 # --- a day of 10 s segments ------------------------------------------------------------
 
 
-def test_a_day_of_ten_second_segments_shows_in_about_a_second(azurite, serve, tmp_path):
-    """8,640 signed blobs (small bodies, real metadata): the timeline's answer time on
-    loopback, printed (the bench reports it too)."""
-    from tests.support.manyblobs import DAY_OF_10S, day_of_segments
+def test_a_moment_and_the_live_edge_list_only_the_hours_they_need(azurite, serve, tmp_path):
+    """Six hours of 60 s segments (signed blobs, small bodies, real metadata): a moment's
+    playlist holds its run an hour either side, the live playlist the last minutes, the
+    day's timeline every segment in one verified run. How fast a whole day of 8,640
+    blobs shows is the bench's figure (bench/view_bench.py), not a test's."""
+    from tests.support.manyblobs import day_of_segments
 
     name = f"viewday-{uuid.uuid4().hex[:12]}"
     client = azurite.container(name)
@@ -609,42 +611,23 @@ def test_a_day_of_ten_second_segments_shows_in_about_a_second(azurite, serve, tm
     key = proof.DeviceKey.generate(tmp_path / "day1.key")
     (keys / f"day1-{key.id}.pub").write_text(key.public_line("day1") + "\n")
     try:
-        started = time.monotonic()
-        day_of_segments(client, "day1", T0.replace(hour=0), key=key)
-        made = time.monotonic() - started
-        noon = T0.replace(hour=12)
+        day_of_segments(client, "day1", T0.replace(hour=0), count=360, seconds=60.0, key=key)
+        noon = T0.replace(hour=3)
         app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)), now=lambda: noon)
-        # A moment, and the live edge, list only the minutes they need, not the day.
-        started = time.monotonic()
         status, _, body = app.get(f"/hls/play.m3u8?device=day1&at={iso(noon)}")
-        play = time.monotonic() - started
         assert status == 200
         listed = entries(body.decode())
         assert listed[0]["pdt"] >= noon - timedelta(hours=1, minutes=10)
         assert listed[-1]["pdt"] <= noon + timedelta(hours=1, minutes=10)
+        assert len(listed) < 360
         offset = float(tag(body.decode(), "EXT-X-START").split(",")[0].split("=")[1])
         assert listed[0]["pdt"] + timedelta(seconds=offset) == noon
-        started = time.monotonic()
         status, _, body = app.get("/hls/live.m3u8?device=day1")
-        live = time.monotonic() - started
-        assert status == 200 and 3 <= len(entries(body.decode())) <= 10
-        print(f"\nplay.m3u8 {play * 1000:.0f} ms, live.m3u8 {live * 1000:.0f} ms (day of blobs)")
-        assert play < 5 and live < 2
-        times = []
-        for _ in range(2):
-            started = time.monotonic()
-            status, day = app.json("/api/timeline?device=day1&day=2026-11-21")
-            times.append(time.monotonic() - started)
-            assert status == 200
-        assert len(day["segments"]) == DAY_OF_10S and len(day["runs"]) == 1
+        assert status == 200 and 1 <= len(entries(body.decode())) <= 10
+        status, day = app.json(f"/api/timeline?device=day1&day={T0.date().isoformat()}")
+        assert status == 200
+        assert len(day["segments"]) == 360 and len(day["runs"]) == 1
         assert [p["state"] for p in day["proof"]] == ["verified"]
-        print(
-            f"\n/api/timeline, {DAY_OF_10S} signed blobs: first {times[0] * 1000:.0f} ms, "
-            f"again {times[1] * 1000:.0f} ms (blobs made in {made:.1f} s)"
-        )
-        # The first answer is mostly the service's listing (Azurite's, on a shared
-        # machine here); the page's next look at the day is immediate.
-        assert times[0] < 30 and times[1] < 1.0
     finally:
         client.delete_container()
 
