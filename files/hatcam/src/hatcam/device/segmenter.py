@@ -187,13 +187,12 @@ class SegmentFile:
         self.stream.time_base = TIME_BASE
         self.audio = None
         if audio is not None:
-            # Raw access units: with the AudioSpecificConfig as extradata the muxer frames
-            # each one in an ADTS header, as MPEG-TS wants.
+            # Each access unit goes in framed in ADTS (``AudioFormat.adts``), as MPEG-TS
+            # wants it: the muxer passes ADTS through as it is.
             self.audio = self.container.add_stream("aac", rate=audio.rate)
             self.audio.codec_context.layout = "mono" if audio.channels == 1 else "stereo"
-            self.audio.codec_context.extradata = audio.extradata()
             self.audio.time_base = TIME_BASE
-            self.audio_ticks = round(SAMPLES_PER_PACKET * CLOCK / audio.rate)
+            self.audio_format = audio
         # The audio digest runs AUDIO_HELD packets behind (``recent``): what checkpoints cover.
         self.audio_digest = proof.AudioDigest() if signer and audio else None
         self.audio_recent: deque[bytes] = deque()
@@ -235,11 +234,10 @@ class SegmentFile:
             self.sync()
 
     def write_audio(self, data: bytes, pts: int) -> None:
-        packet = av.Packet(data)
+        packet = av.Packet(self.audio_format.adts(data))
         packet.stream = self.audio
         packet.time_base = TIME_BASE
         packet.pts = packet.dts = pts
-        packet.duration = self.audio_ticks
         self.container.mux(packet)
         self.audio_packets += 1
         if self.audio_first_pts is None:

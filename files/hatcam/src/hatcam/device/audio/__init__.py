@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SAMPLES_PER_PACKET = 1024  # AAC-LC frame length
+ADTS_HEADER = 7  # bytes, without CRC
 # ISO 14496-3 sampling frequency index, for the AudioSpecificConfig.
 _RATE_INDEX = {
     96000: 0,
@@ -45,7 +46,18 @@ class AudioFormat:
         """Nominal length of one packet in microseconds."""
         return SAMPLES_PER_PACKET * 1_000_000 / self.rate
 
-    def extradata(self) -> bytes:
-        """AudioSpecificConfig for AAC-LC: what a muxer needs to frame raw packets."""
-        bits = (2 << 11) | (_RATE_INDEX[self.rate] << 7) | (self.channels << 3)
-        return bits.to_bytes(2, "big")
+    def adts(self, unit: bytes) -> bytes:
+        """``unit`` (one raw AAC-LC access unit) in the 7-byte ADTS header MPEG-TS carries
+        AAC in. Framed here, not by the muxer from extradata: PyAV before 11 (Pi OS
+        Bookworm's python3-av is 10) refuses extradata on an output stream."""
+        length = ADTS_HEADER + len(unit)
+        header = (
+            (0xFFF << 44)  # syncword; MPEG-4, layer 0
+            | (1 << 40)  # no CRC
+            | (1 << 38)  # profile: AAC LC (object type 2, minus 1)
+            | (_RATE_INDEX[self.rate] << 34)
+            | (self.channels << 30)
+            | (length << 13)
+            | (0x7FF << 2)  # buffer fullness: variable bit rate
+        )
+        return header.to_bytes(ADTS_HEADER, "big") + unit
