@@ -37,9 +37,10 @@ def test_segments_from_the_pi_carry_sound_in_sync_with_the_picture(lab, sound_on
     time.sleep(SECONDS + lab.segment_seconds)
     status, human = lab.hatcam_status()
     window.close()
-    new = sorted(
-        (s for name, s in lab.blobs().items() if name not in window.known), key=lambda s: s.seq
-    )
+    figures = window.account()
+    window.assert_complete(figures)  # nothing lost or twice, every frame decodes
+    window.assert_one_run(figures)
+    new = sorted(window.segments, key=lambda s: s.seq)
     assert len(new) >= SECONDS // lab.segment_seconds, [s.name for s in new]
     client = lab.pi.container()
     paths = []
@@ -74,13 +75,10 @@ def test_segments_from_the_pi_carry_sound_in_sync_with_the_picture(lab, sound_on
     marks, found = marked_frames(mp4), clicks(mp4)
     measured = offsets(marks, found)
     worst = max(map(abs, measured))
-    lab.note(
-        "12 sound (synthetic microphone)",
-        clicks=len(found),
-        marked_frames=len(marks),
-        offset_ms_worst=round(worst * 1000, 1),
-        segments=len(paths),
+    figures.notes.update(
+        clicks=len(found), marked_frames=len(marks), offset_ms_worst=round(worst * 1000, 1)
     )
+    lab.record(figures)
     assert len(measured) == len(found) >= SECONDS - 3  # each click paired, none twice
     assert worst <= FRAME_30
     assert audio_run(mp4).samples == sum(r.samples for r in heard)
