@@ -74,5 +74,9 @@ class HealthPublisher:
                 if not self.failing:
                     log.warning("health not published to Redis at %s: %s", self.where, exc)
                 self.failing = True
+            except Exception as exc:  # a state file it cannot read: try again, never die
+                if not self.failing:
+                    log.warning("health not published: %s: %s", type(exc).__name__, exc)
+                self.failing = True
             if self.stop.wait(self.every):
                 return
