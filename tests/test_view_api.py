@@ -397,6 +397,16 @@ def test_with_a_token_every_request_needs_it_once_then_the_cookie_carries_it(azu
     assert app.get("/api/devices", {"Authorization": f"Bearer {token}"})[0] == 200
 
 
+def test_without_a_token_it_answers_only_to_its_loopback_names(azurite, world, serve):
+    """Another site's page that points its own name at 127.0.0.1 (DNS rebinding) gets
+    nothing; the page as the user opens it does. With a token, the token decides."""
+    app = serve(values_for(azurite, world["container"]))
+    status, _, body = app.get("/api/devices", {"Host": "evil.example:8765"})
+    assert status == 403 and b"127.0.0.1 or localhost" in body
+    assert app.get("/api/devices", {"Host": "localhost"})[0] == 200
+    assert app.get("/api/devices")[0] == 200
+
+
 def hatcam_view(tmp_path, *args, **values) -> tuple[int, str]:
     """``hatcam --env-file E view ...`` when it refuses to start: (status, stderr)."""
     from hatcam import cli

@@ -38,6 +38,7 @@ STATIC = Path(__file__).parent / "static"
 HLS = "application/vnd.apple.mpegurl"
 COOKIE = "hatcam_view_token"
 NO_STORE = {"Cache-Control": "no-store"}
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 DAY_KEPT_TODAY = 5.0  # seconds a timeline answer is reused: today's (it grows)
 DAY_KEPT_PAST = 60.0  # an earlier day's (a camera back online may still upload to it)
 
@@ -311,6 +312,11 @@ class Guard:
         request = Request(scope)
         token = self.view.token
         given = None
+        if not token and request.url.hostname not in LOOPBACK_NAMES:
+            # Served to this computer only: a web page whose own name points at 127.0.0.1
+            # (DNS rebinding) must not get the footage through the browser.
+            response = error(403, "this view answers to 127.0.0.1 or localhost only")
+            return await response(scope, receive, send)
         if token:
             given = request.query_params.get("token")
             header = request.headers.get("authorization", "")
