@@ -24,9 +24,9 @@ from hatcam.device.signing import Signer
 from hatcam.device.spool import Spool
 from hatcam.fetch import stitch
 from hatcam.proof import AudioDigest
-from hatcam.segment import CLOCK, WRAP, SegmentRecord, probe, to_ticks
+from hatcam.segment import CLOCK, WRAP, to_ticks
 
-from tests.support.footage import SMALL, metadata
+from tests.support.footage import SMALL, metadata, planned
 from tests.support.sound import FORMAT, PACKET_US, aac_packets, camera_frames, feed
 from tests.test_fetch_live import upload_whole
 from tests.test_verified_fetch import T0, clock, only_mp4, proof_report
@@ -99,23 +99,8 @@ def test_no_audio_sample_is_lost_or_doubled_at_segment_boundaries(tmp_path, fram
     assert seg.audio_gaps == 0
 
 
-def planned(spool: Spool) -> list[stitch.Segment]:
-    """The segments as fetch plans them from their records (blob metadata = sidecar)."""
-    found = []
-    for path in spool.ready_segments():
-        rec = SegmentRecord.from_sidecar(metadata(path))
-        contents = rec.contents if rec.contents.width else probe(path)
-        boot, seq = path.stem.split("-")[1], int(path.stem.split("-")[2])
-        found.append(
-            stitch.Segment.from_contents(
-                path.name, path, "cam1", rec.start, contents, boot=boot, seq=seq
-            )
-        )
-    return found
-
-
 def stitched(spool: Spool, target) -> stitch.Run:
-    runs, splits = stitch.plan(planned(spool), max_gap=10.0)
+    runs, splits = stitch.plan(planned(spool, "cam1"), max_gap=10.0)
     assert len(runs) == 1 and not splits
     stitch.write(runs[0], target, reread=True)
     return runs[0]
@@ -443,7 +428,7 @@ def test_across_the_33_bit_wrap_the_sound_stays_with_the_picture(tmp_path, frame
     seg = segmenter(tmp_path / "spool")
     given = feed(seg, moved, sound, lag_us=100_000, times=times)
     seg.close()
-    runs, _ = stitch.plan(planned(seg.spool), max_gap=10.0)
+    runs, _ = stitch.plan(planned(seg.spool, "cam1"), max_gap=10.0)
     across = runs[-1]
     assert len(across.items) >= 5
     stitch.write(across, tmp_path / "across.mp4")

@@ -16,9 +16,8 @@ from hatcam.device.camera.synthetic import SyntheticCamera
 from hatcam.device.segmenter import Segmenter
 from hatcam.device.spool import Spool
 from hatcam.fetch import stitch
-from hatcam.segment import SegmentRecord, probe
 
-from tests.support.footage import metadata
+from tests.support.footage import planned
 from tests.support.sync import audio_run, boundary_errors, clicks, marked_frames, offsets
 
 FPS = 30
@@ -44,16 +43,7 @@ def recorded(tmp_path_factory):
     segmenter.close()
     assert capture.failed is None and camera.failed is None
     segments = spool.ready_segments()
-    found = []
-    for path in segments:
-        rec = SegmentRecord.from_sidecar(metadata(path))
-        contents = rec.contents if rec.contents.width else probe(path)
-        boot, seq = path.stem.split("-")[1], int(path.stem.split("-")[2])
-        found.append(
-            stitch.Segment.from_contents(
-                path.name, path, "cam1", rec.start, contents, boot=boot, seq=seq
-            )
-        )
+    found = planned(spool, "cam1")
     runs, splits = stitch.plan(found, max_gap=10.0)
     assert len(runs) == 1 and not splits
     mp4 = root / "out.mp4"

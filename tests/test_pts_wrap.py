@@ -38,6 +38,8 @@ from hatcam.device.spool import Spool
 from hatcam.fetch import stitch
 from hatcam.segment import CLOCK, WRAP, SegmentRecord, probe
 
+from tests.support.footage import planned
+
 FRAME = CLOCK // FPS  # one frame, in 90 kHz ticks
 WRAP_US = WRAP * 1_000_000 / CLOCK  # the wrap, in microseconds of capture time
 START_US = 10**9  # the camera's monotonic clock at the run's first frame
@@ -99,22 +101,6 @@ def file_pts(path: Path) -> list[int]:
 def decoded(path: Path) -> int:
     with av.open(str(path), format="mpegts") as container:
         return sum(1 for _ in container.decode(video=0))
-
-
-def planned(spool: Spool) -> list[stitch.Segment]:
-    """The segments as fetch plans them from the records (blob metadata = sidecar)."""
-    found = []
-    for path, meta in records(spool):
-        rec = SegmentRecord.from_sidecar(meta)
-        # A recovered segment's record lacks the picture size: fetch reads the file then.
-        contents = rec.contents if rec.contents.width else probe(path)
-        boot, seq = path.stem.split("-")[1], int(path.stem.split("-")[2])
-        found.append(
-            stitch.Segment.from_contents(
-                path.name, path, "dev1", rec.start, contents, boot=boot, seq=seq
-            )
-        )
-    return found
 
 
 def assert_continuous(mp4: Path, frames: int) -> None:
@@ -208,7 +194,7 @@ def test_a_segment_recovered_after_a_crash_near_the_wrap_is_stitched_in_its_plac
     assert rec.duration == pytest.approx(keep / FPS, abs=1e-3)
     lost = meta["frames"] - keep if index + 1 < len(found) else 0  # a hole, if not at the end
 
-    runs, splits = stitch.plan(planned(spool), max_gap=10.0)
+    runs, splits = stitch.plan(planned(spool, "dev1"), max_gap=10.0)
 
     # The 26.5 h the capture clock skipped after the first second splits the file once.
     assert len(runs) == 2 and len(splits) == 1, [(g.seconds, g.new_file) for g in splits]
@@ -252,7 +238,7 @@ def test_gaps_near_the_wrap_are_reported_and_a_restart_is_not_read_as_a_wrap(tmp
     missing, missing_meta = found[index + 1]
     missing.unlink()
     missing.with_suffix(".json").unlink()
-    segments_ = planned(spool)
+    segments_ = planned(spool, "dev1")
     # The daemon restarted 5 s after the last segment: a new run, PTS from 0 again.
     last = segments_[-1]
     restart = Spool(tmp_path / "restart").ensure()

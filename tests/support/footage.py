@@ -16,7 +16,8 @@ import av
 from hatcam.device.camera.synthetic import SyntheticCamera
 from hatcam.device.segmenter import Segmenter
 from hatcam.device.spool import Spool
-from hatcam.segment import CLOSING_SUFFIX, LIVE_KEY
+from hatcam.fetch import stitch
+from hatcam.segment import CLOSING_SUFFIX, LIVE_KEY, SegmentName, SegmentRecord, probe
 
 SMALL = {"width": 320, "height": 240, "fps": 30}
 
@@ -82,6 +83,22 @@ def start_hatcam(*args, settings: dict, log: Path) -> subprocess.Popen:
 
 def metadata(segment: Path) -> dict:
     return json.loads(segment.with_suffix(".json").read_text())
+
+
+def planned(spool: Spool, device: str) -> list[stitch.Segment]:
+    """The card's segments as fetch plans them from their records (blob metadata = sidecar).
+    A recovered segment's record lacks the picture size: fetch reads the file then."""
+    found = []
+    for path in spool.ready_segments():
+        rec = SegmentRecord.from_sidecar(metadata(path))
+        contents = rec.contents if rec.contents.width else probe(path)
+        name = SegmentName.parse(path.name)
+        found.append(
+            stitch.Segment.from_contents(
+                path.name, path, device, rec.start, contents, boot=name.boot, seq=name.seq
+            )
+        )
+    return found
 
 
 def wait_until(predicate, timeout, what, poll=0.1):
