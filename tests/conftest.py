@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -30,6 +31,17 @@ def azurite(tmp_path_factory):
     server = Azurite(tmp_path_factory.mktemp("azurite")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def container(azurite, request):
+    """A fresh container for one test, named after its module, deleted afterwards:
+    (name, ContainerClient)."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    name = f"{module.replace('_', '-')[:30]}-{uuid.uuid4().hex[:12]}"
+    client = azurite.container(name)
+    yield name, client
+    client.delete_container()
 
 
 @pytest.fixture

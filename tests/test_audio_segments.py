@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import av
@@ -328,18 +327,10 @@ def test_the_mp4s_sound_verifies_and_one_altered_audio_byte_is_refused(crashed, 
 # --- fetch: from the cloud and off a card, with `hatcam verify` on what it wrote ---------
 
 
-@pytest.fixture
-def cloud(azurite):
-    name = f"audio-{uuid.uuid4().hex[:12]}"
-    client = azurite.container(name)
-    yield name, client
-    client.delete_container()
-
-
 def test_fetch_keeps_the_sound_reports_its_gap_and_the_mp4_verifies(
-    azurite, cloud, tmp_path, capsys, keyed, frames, sound
+    azurite, container, tmp_path, capsys, keyed, frames, sound
 ):
-    name, client = cloud
+    name, client = container
     folder, key, _ = keyed
     spool = Spool(tmp_path / "spool").ensure()
     seg = Segmenter(

@@ -16,7 +16,6 @@ import pty
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,14 +101,6 @@ def raw_h264(path: Path, frames: int) -> Path:
     assert camera.wait(60)
     sink.fh.close()
     return path
-
-
-@pytest.fixture
-def container(azurite):
-    name = f"fetch-{uuid.uuid4().hex[:12]}"
-    client = azurite.container(name)
-    yield name, client
-    client.delete_container()
 
 
 # --- running the command ------------------------------------------------------------

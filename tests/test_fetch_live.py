@@ -35,14 +35,6 @@ CHUNK = 16 * 1024  # a few appends per segment, like the device's once-a-second 
 TS = 188
 
 
-@pytest.fixture
-def container(azurite):
-    name = f"live-{uuid.uuid4().hex[:12]}"
-    client = azurite.container(name)
-    yield name, client
-    client.delete_container()
-
-
 # --- the device's side, as the uploader does it -----------------------------------------
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -275,14 +274,6 @@ def test_gaps_near_the_wrap_are_reported_and_a_restart_is_not_read_as_a_wrap(tmp
     assert restart_gap.seconds == pytest.approx(5.0, abs=2e-3)
     frames = sum(s.frames for s in segments_[1:]) + missing_meta["frames"]
     assert run.duration == pytest.approx(frames / FPS + 5, abs=2e-3)
-
-
-@pytest.fixture
-def container(azurite):
-    name = f"wrap-{uuid.uuid4().hex[:12]}"
-    client = azurite.container(name)
-    yield name, client
-    client.delete_container()
 
 
 @pytest.mark.parametrize("upload", ["whole", "live, the last one unfinished"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import uuid
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -174,14 +173,6 @@ def keys(tmp_path):
         (folder / f"{device}-{key.id}.pub").write_text(key.public_line(device) + "\n")
         made[device] = key
     return folder, made
-
-
-@pytest.fixture
-def container(azurite):
-    name = f"proof-{uuid.uuid4().hex[:12]}"
-    client = azurite.container(name)
-    yield name, client
-    client.delete_container()
 
 
 def signed_footage(tmp_path, key, frames=150, device="dev1", start=T0, folder="spool"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,14 +48,6 @@ RECOVERY_POINT_S = 2.0  # live upload's promise (README, bench/recovery_bench.py
 def browser():
     with chromium() as launched:
         yield launched
-
-
-@pytest.fixture
-def container(azurite):
-    name = f"view-{uuid.uuid4().hex[:12]}"
-    client = azurite.container(name)
-    yield name, client
-    client.delete_container()
 
 
 @pytest.fixture
