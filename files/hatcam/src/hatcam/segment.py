@@ -24,7 +24,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -455,8 +455,6 @@ class ClosingRecord:
         return {**self.record.to_blob_metadata(), "length": str(self.length), "md5": self.md5}
 
     def to_json(self) -> bytes:
-        import json
-
         return json.dumps(self.to_metadata(), sort_keys=True).encode()
 
     @classmethod
@@ -471,3 +469,53 @@ class ClosingRecord:
         if record is None or length < 0 or not re.fullmatch(r"[0-9a-f]{32}", md5):
             return None
         return cls(record, length, md5)
+
+
+# --- the day index: a day's finished segments in one blob ------------------------------
+
+# Listing a day of 10 s segments means 17,280 blobs (each with its closing record):
+# seconds on any service. So the uploader also appends each finished segment's closing
+# record, as one JSON line, to its day's append blob ``<device>/<YYYY-MM-DD>/index.jsonl``
+# (the append right it already has for live segments), and a reader gets the day in one
+# download. It is a shortcut, not the truth: the blobs are. A line may be missing (a crash
+# between the closing record and the line), doubled (a lost reply resent), or, since a
+# stolen credential can append too, false or garbage: readers check it against a listing.
+DAY_INDEX = "index.jsonl"
+
+
+def day_index_name(device: str, day: date) -> str:
+    return f"{device}/{day:%Y-%m-%d}/{DAY_INDEX}"
+
+
+def day_index_of(blob: str) -> str:
+    """The day index a segment blob's line goes to: the one in its own day folder."""
+    return f"{blob.rpartition('/')[0]}/{DAY_INDEX}"
+
+
+def index_line(blob: str, closing: ClosingRecord) -> bytes:
+    """A finished segment's line in its day index: the closing record and the blob's name."""
+    fields = {"blob": blob, **closing.to_metadata()}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def read_day_index(body: bytes, folder: str) -> tuple[dict[str, ClosingRecord], int]:
+    """A day index's closing records by segment blob name, and how many lines were not
+    readable as one of ``folder``'s segments (``<device>/<YYYY-MM-DD>/``). A blob named
+    twice keeps its first line: the device's own, since a thief can only append after it."""
+    found: dict[str, ClosingRecord] = {}
+    bad = 0
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+            blob = fields.pop("blob")
+            closing = ClosingRecord.from_metadata({k: _text(v) for k, v in fields.items()})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            closing = None
+        name = SegmentName.parse(blob) if closing is not None and isinstance(blob, str) else None
+        if name is None or not blob.startswith(folder) or "/" in blob[len(folder) :]:
+            bad += 1
+            continue
+        found.setdefault(blob, closing)
+    return found, bad
