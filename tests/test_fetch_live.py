@@ -9,6 +9,7 @@ picture with the device's own segment files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from dataclasses import replace
@@ -17,7 +18,7 @@ from pathlib import Path
 import av
 import pytest
 from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from hatcam import cli
@@ -26,6 +27,8 @@ from hatcam.segment import (
     SegmentName,
     SegmentRecord,
     closing_record_name,
+    day_index_of,
+    index_line,
     open_blob_metadata,
 )
 
@@ -69,6 +72,10 @@ def close_live(client: ContainerClient, blob: str, rec: SegmentRecord, data: byt
         metadata=closing.to_metadata(),
         overwrite=False,
     )
+    index = client.get_blob_client(day_index_of(blob))  # its line in the day index
+    with contextlib.suppress(ResourceExistsError):
+        index.create_append_blob(headers={"If-None-Match": "*"})
+    index.append_block(index_line(blob, closing))
 
 
 def send_finished(client: ContainerClient, found) -> list[str]:
@@ -174,7 +181,8 @@ def test_finished_live_segments_stitch_into_the_same_pictures_as_whole_segments(
     assert f"downloaded 0 (0 resumed, 0.0 MB), {len(live)} already here" in report
     assert "[unchanged]" in report
 
-    # --delete-after takes each closing record with its segment: nothing is left over.
+    # --delete-after takes each closing record with its segment, and then the emptied
+    # day's index: nothing is left over.
     status, report, _ = fetch(capsys, tmp_path, azurite, name, tmp_path / "live", "--delete-after")
     assert status == 0, report
     assert [b.name for b in client.list_blobs()] == []
@@ -346,7 +354,8 @@ def test_delete_after_keeps_an_unfinished_segment_which_may_still_grow(
     status, report, _ = fetch(capsys, tmp_path, azurite, name, tmp_path / "out", "--delete-after")
 
     assert status == 0, report
-    assert [b.name for b in client.list_blobs()] == [last_blob]
+    # The day index stays too: the unfinished segment's folder is not empty.
+    assert [b.name for b in client.list_blobs()] == [last_blob, day_index_of(last_blob)]
     total = 2 * len(finished) + 1
     assert f"deleted {total - 1} of {total} blob(s)" in report
     assert "kept 1 unfinished segment(s)" in report

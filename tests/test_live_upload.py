@@ -16,12 +16,21 @@ import socket
 import statistics
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import av
 import pytest
 
-from hatcam.segment import SegmentName
+from hatcam.segment import (
+    CLOSING_SUFFIX,
+    DAY_INDEX,
+    ClosingRecord,
+    SegmentName,
+    day_index_name,
+    day_index_of,
+    read_day_index,
+)
 
 from tests.support.footage import hatcam, start_hatcam, wait_until
 from tests.support.http_proxy import HttpProxy
@@ -528,3 +537,76 @@ def test_a_thief_appending_to_the_open_segment_costs_the_cloud_its_tail_not_the_
         if n.endswith(".ts") and SegmentName.parse(n).seq > SegmentName.parse(blob).seq
     ]
     assert later, "recording and live upload went on"
+
+
+def day_indexes(client) -> dict[str, bytes]:
+    return {
+        b.name: client.download_blob(b.name).readall()
+        for b in client.list_blobs()
+        if b.name.endswith("/" + DAY_INDEX)
+    }
+
+
+def test_the_day_index_holds_each_finished_segment_once_as_its_closing_record(
+    tmp_path, azurite, container_name, daemons
+):
+    """A reader of the day index sees what a listing shows: every finished segment with
+    the closing record the uploader put beside it, read back through the contract."""
+    settings = settings_for(tmp_path, azurite, container_name, **LIGHT)
+    client = azurite.container(container_name)
+    d = daemons(settings)
+    d.start("camera")
+    d.start("upload")
+    wait_until(lambda: len(day_indexes(client)) == 1, 30, "the first day index line")
+    time.sleep(6)
+    d.stop("camera")
+    drained(settings)
+    d.stop("upload")  # the lines still waiting go on the way out
+    finished = assert_all_landed_once(client, d.camera_runs)
+    closings = {
+        blob: ClosingRecord.from_metadata(
+            client.get_blob_client(blob + CLOSING_SUFFIX).get_blob_properties().metadata
+        )
+        for blob in finished
+    }
+    indexed, bad = {}, 0
+    for name, body in day_indexes(client).items():
+        assert len(body.splitlines()) == len(set(body.splitlines())), "no line twice"
+        found, unreadable = read_day_index(body, name[: -len(DAY_INDEX)])
+        indexed.update(found)
+        bad += unreadable
+    assert bad == 0
+    assert len(finished) >= 3
+    assert indexed == closings
+    log = (tmp_path / "upload.log").read_text()
+    assert "refused" not in log
+
+
+def test_a_block_blob_at_the_day_index_name_costs_the_index_not_the_footage(
+    tmp_path, azurite, container_name, daemons
+):
+    """Someone with the device's credential puts a block blob where today's index goes
+    (create-only allows it): the uploader says so once and every segment still lands."""
+    settings = settings_for(tmp_path, azurite, container_name, **LIGHT)
+    client = azurite.container(container_name)
+    today = datetime.now(UTC).date()
+    squatted = [day_index_name("hat1", today + timedelta(days=n)) for n in (0, 1)]
+    for name in squatted:  # tomorrow's too, should the day turn while this runs
+        client.upload_blob(name, b"not an index\n")
+    d = daemons(settings)
+    d.start("camera")
+    d.start("upload")
+    time.sleep(14)
+    d.stop("camera")
+    drained(settings)
+    d.stop("upload")
+    finished = assert_all_landed_once(client, d.camera_runs)
+    assert len(finished) >= 3
+    days = {day_index_of(blob) for blob in finished}
+    assert days <= set(squatted)
+    log = (tmp_path / "upload.log").read_text()
+    for name in squatted:
+        assert client.download_blob(name).readall() == b"not an index\n"
+        assert log.count(f"{name} refused") == (name in days), log
+    state = json.loads((spool(settings) / "state" / "live.json").read_text())
+    assert state["index"] == [], "the refused lines are not kept forever"

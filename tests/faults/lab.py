@@ -34,7 +34,7 @@ from pathlib import Path
 
 import av
 
-from hatcam.segment import CLOSING_SUFFIX, LIVE_KEY
+from hatcam.segment import CLOSING_SUFFIX, DAY_INDEX, LIVE_KEY
 
 SPOOL = "/var/lib/hatcam/spool"
 ENV_FILE = "/etc/hatcam/hatcam.env"
@@ -230,8 +230,13 @@ class Lab:
 
     # --- the blob store ----------------------------------------------------------------
     def blob_names(self) -> list[str]:
+        """Segments and closing records (not the day indexes: no footage in them)."""
         client = self.pi.container()
-        return [b.name for b in client.list_blobs(name_starts_with=f"{self.pi.device}/")]
+        return [
+            b.name
+            for b in client.list_blobs(name_starts_with=f"{self.pi.device}/")
+            if not b.name.endswith("/" + DAY_INDEX)
+        ]
 
     def blobs(self) -> dict[str, Segment]:
         """Every finished segment in the store: a whole-segment blob with its metadata, or
@@ -246,7 +251,7 @@ class Lab:
             b.name[: -len(CLOSING_SUFFIX)]: b for b in listed if b.name.endswith(CLOSING_SUFFIX)
         }
         for blob in listed:
-            if blob.name.endswith(CLOSING_SUFFIX):
+            if blob.name.endswith((CLOSING_SUFFIX, "/" + DAY_INDEX)):
                 continue
             match = NAME_RE.fullmatch(blob.name.rsplit("/", 1)[-1])
             assert match, f"unexpected blob name {blob.name}"

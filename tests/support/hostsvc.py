@@ -37,6 +37,8 @@ from pathlib import Path
 
 from azure.storage.blob import ContainerClient
 
+from hatcam.segment import DAY_INDEX
+
 from .procs import alive, free_port
 from .services import ACCOUNT, ACCOUNT_KEY, Azurite, RedisServer, connection_string
 
@@ -215,7 +217,11 @@ def cmd_blobs(args) -> int:
     want = set(filter(None, (args.names or "").split(",")))
     deadline = time.monotonic() + args.timeout
     while True:
-        blobs = sorted(b.name for b in client.list_blobs(name_starts_with=f"{args.device}/"))
+        blobs = sorted(
+            b.name
+            for b in client.list_blobs(name_starts_with=f"{args.device}/")
+            if not b.name.endswith("/" + DAY_INDEX)
+        )
         names = {b.rsplit("/", 1)[-1] for b in blobs}
         if len(blobs) >= args.min and want <= names:
             break

@@ -12,6 +12,9 @@ the live edge first, then one chunk of the oldest closed segment (half a second 
 link's measured rate, 256 KiB to 4 MiB);
 a closed segment whose bytes are all up gets its create-only closing record
 ``<blob>.end`` (length, MD5 and the rest of the record), and only then leaves the card.
+Its closing record also goes, as one line, into its day's index ``index.jsonl`` (an
+append blob a reader downloads instead of listing 17,280 blobs a day); lines wait on
+the card in ``state/live.json`` and go up together at most every INDEX_SECONDS.
 
 Whole (a SAS with ``c`` only: older devices): one Put Blob per closed segment,
 with Content-MD5 so the service rejects a body damaged on the way. The local file
@@ -54,6 +57,8 @@ from ..segment import (
     ClosingRecord,
     SegmentName,
     closing_record_name,
+    day_index_of,
+    index_line,
     iso,
     open_blob_metadata,
 )
@@ -69,6 +74,9 @@ LIVE_CHUNK = 4 * 1024 * 1024  # the most one live append carries (the service's 
 # edge waits at most that long behind it, and a fast link drains in few, large requests.
 BACKLOG_SECONDS = 0.5
 BACKLOG_CHUNK = (256 * 1024, LIVE_CHUNK)  # the least and the most one catch-up carries
+# Day index lines wait this long to go up together: at most one append per day index in
+# that time, whatever the segment length (an append blob holds at most 50,000 blocks).
+INDEX_SECONDS = 10.0
 FALLBACK = (
     "live upload off: the SAS grants sp={sp} without a (append); segments go up whole "
     "when they close. Provision again to mint sp=ac (create and append)."
@@ -108,6 +116,9 @@ class Uploader:
         self.state_written = 0.0
         self.unsaved = False  # confirmed appends not yet in live.json
         self.link_rate = 2e6  # bytes/s the last appends went at (first guess: 16 Mbit/s)
+        self.index_lines: list[str] = []  # finished segments' day index lines not yet up
+        self.index_sent = 0.0  # when index lines last went up (monotonic)
+        self.index_refused: set[str] = set()  # day indexes the service refused for good
 
     def run(self) -> None:
         log.info(
@@ -227,6 +238,9 @@ class Uploader:
                 self.stop_event.wait(LIVE_POLL_SECONDS)
         if self.unsaved:
             self._save_live_state()
+        if self.index_lines:  # on the way out: the lines kept on the card go at next start
+            with contextlib.suppress(Exception):
+                self._send_index()
 
     def _load_live_state(self) -> None:
         try:
@@ -235,21 +249,26 @@ class Uploader:
             return
         self.sent = {k: int(v) for k, v in data.get("sent", {}).items()}
         self.intent = data.get("intent")
+        self.index_lines = [str(line) for line in data.get("index", [])]
 
     def _save_live_state(self) -> None:
         """Durable: a crash after this line resends exactly this intent."""
         # Segments the disk policy dropped from the card meanwhile are forgotten.
         self.sent = {k: v for k, v in self.sent.items() if self._file_of(k) is not None}
-        data = {"intent": self.intent, "sent": self.sent}
+        data = {"intent": self.intent, "sent": self.sent, "index": self.index_lines}
         write_atomic(self.live_state, json.dumps(data).encode())
         self.unsaved = False
 
     def _live_round(self) -> bool:
-        """One round: the pending intent, the live edge, then one backlog step."""
+        """One round: the pending intent, the live edge, one backlog step, and the day
+        index lines when they have waited long enough."""
         if self.intent is not None:
             self._resend_intent()
         busy = self._live_edge()
-        return self._backlog_step() or busy
+        busy = self._backlog_step() or busy
+        if self.index_lines and time.monotonic() - self.index_sent >= INDEX_SECONDS:
+            self._send_index()
+        return busy
 
     def _file_of(self, name: str) -> Path | None:
         for where in (self.spool.recording, self.spool.ready):
@@ -446,6 +465,8 @@ class Uploader:
             if not self._exists_already(exc):
                 raise
             self._already_there(blob)
+        self.index_lines.append(index_line(self._blob(segment.name), closing).decode())
+        self._save_live_state()  # the line is on the card before the segment leaves it
         if interfered:
             kept = self.spool.keep(segment)
             log.error(
@@ -463,6 +484,60 @@ class Uploader:
         self.uploaded += 1
         self.last_upload = iso(datetime.now(UTC))
         log.info("uploaded %s (%.1f MB, closed)", self._blob(segment.name), len(data) / 1e6)
+
+    def _send_index(self) -> None:
+        """The waiting lines, one append per day index and 4 MiB (a lost reply resent
+        doubles a line, which readers ignore). A day index the service refuses for good
+        (409: a block blob someone else put at its name, or 50,000 blocks) loses its
+        lines, with one error line: it is only a shortcut, readers list that day instead."""
+        for index, lines in self._index_batches():
+            try:
+                if index not in self.index_refused:
+                    self._append_index(index, "".join(lines).encode())
+            except HttpResponseError as exc:
+                if exc.status_code != 409:
+                    raise
+                self.index_refused.add(index)
+                log.error(
+                    "%s refused (%s): that day's segments are left out of it; readers "
+                    "list the day instead",
+                    index,
+                    explain(exc),
+                )
+            sent = set(lines)
+            self.index_lines = [line for line in self.index_lines if line not in sent]
+            self._save_live_state()
+        self.index_sent = time.monotonic()
+
+    def _index_batches(self) -> list[tuple[str, list[str]]]:
+        """The waiting lines by day index, in bodies of at most 4 MiB, oldest first."""
+        batches: list[tuple[str, list[str]]] = []
+        open_: dict[str, tuple[list[str], int]] = {}
+        for line in self.index_lines:
+            index = day_index_of(json.loads(line)["blob"])
+            lines, size = open_.get(index, ([], 0))
+            if lines and size + len(line) > LIVE_CHUNK:
+                batches.append((index, lines))
+                lines, size = [], 0
+            open_[index] = ([*lines, line], size + len(line))
+        return batches + [(index, lines) for index, (lines, _) in open_.items()]
+
+    def _append_index(self, index: str, body: bytes) -> None:
+        blob = self.client.get_blob_client(index)
+        try:
+            blob.append_block(body, length=len(body), validate_content=True)
+        except ResourceNotFoundError as exc:
+            if error_code(exc) != "BlobNotFound":
+                raise
+            try:
+                blob.create_append_blob(
+                    content_settings=ContentSettings(content_type="application/x-ndjson"),
+                    headers={"If-None-Match": "*"},
+                )
+            except HttpResponseError as created:
+                if not self._exists_already(created):
+                    raise
+            blob.append_block(body, length=len(body), validate_content=True)
 
     def _exists_already(self, exc: HttpResponseError) -> bool:
         """A create-only request refused because the blob is there: an earlier attempt

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import sys
@@ -42,7 +43,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from .. import config, proof
 from ..blob import connection_string_sas, container_client, describe, explain, sas_permissions
 from ..files import write_atomic
-from ..segment import Contents, probe
+from ..segment import DAY_INDEX, Contents, probe
 from . import card, listing, report, stitch, verify
 from .download import Batch, Cache, Downloader, Outcome, md5_of
 from .progress import make_progress
@@ -515,6 +516,20 @@ class Fetch:
             if index < len(splits):
                 self.say(f"  gap, new file: {_gap_text(splits[index])}")
 
+    def delete_spent_indexes(self, deleted: list[str]) -> None:
+        """A day index whose folder holds nothing else once the deletes are done goes
+        too: it would name segments that are gone."""
+        for folder in sorted({name.rpartition("/")[0] for name in deleted}):
+            left = [
+                b.name
+                for b in itertools.islice(
+                    self.client.list_blobs(name_starts_with=f"{folder}/", results_per_page=2), 2
+                )
+            ]
+            if left == [f"{folder}/{DAY_INDEX}"]:
+                with contextlib.suppress(ResourceNotFoundError):
+                    self.client.delete_blob(left[0])
+
     def delete(self, names: list[str]) -> int:
         """Delete blobs; the first alone, so missing rights delete nothing at all."""
         if not names:
@@ -659,6 +674,8 @@ class Fetch:
         self.cache.save()
         if self.args.delete_after:
             deleted = self.delete(deletable)
+            if deleted:
+                self.delete_spent_indexes(deletable)
             # Blobs in range: each finished live segment has its closing record too.
             total = len(remotes) + sum(r.kind == listing.LIVE for r in remotes)
             self.say(f"deleted {deleted} of {total} blob(s) from {where}")
