@@ -12,7 +12,7 @@ import uuid
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from hatcam.segment import SegmentName
+from hatcam.segment import DAY_INDEX, SegmentName, read_day_index
 
 from tests.support.footage import record, start_hatcam, wait_until
 from tests.support.http_proxy import HttpProxy
@@ -76,7 +76,15 @@ def assert_landed_exactly_once(client, expected, live=True):
     assert segments == sorted(expected), "every segment once, nothing else"
     closing = sorted(name for name in blobs if name.endswith(".end"))
     assert closing == (sorted(n + ".end" for n in expected) if live else [])
-    assert len(blobs) == len(segments) + len(closing), "nothing else"
+    indexes = sorted(name for name in blobs if name.endswith("/" + DAY_INDEX))
+    assert len(blobs) == len(segments) + len(closing) + len(indexes), "nothing else"
+    indexed: dict = {}
+    for index in indexes:  # live: each segment's closing record in its day index, once
+        lines = client.download_blob(index).readall()
+        found, bad = read_day_index(lines, index[: -len(DAY_INDEX)])
+        assert bad == 0 and len(found) == len(lines.splitlines()), "no line twice or bad"
+        indexed.update(found)
+    assert sorted(indexed) == (sorted(expected) if live else [])
     for name, (md5, meta) in expected.items():
         blob = blobs[name]
         if live:

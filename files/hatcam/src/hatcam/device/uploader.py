@@ -238,7 +238,9 @@ class Uploader:
                 self.stop_event.wait(LIVE_POLL_SECONDS)
         if self.unsaved:
             self._save_live_state()
-        if self.index_lines:  # on the way out: the lines kept on the card go at next start
+        # On the way out, if the link worked a moment ago (lines that fail wait on the
+        # card for the next start).
+        if self.index_lines and not self.failures:
             with contextlib.suppress(Exception):
                 self._send_index()
 
