@@ -361,6 +361,27 @@ def test_fetch_keeps_the_sound_reports_its_gap_and_the_mp4_verifies(
     status, said = run_verify(mp4, folder)
     assert status == 0, said
 
+    # The same MP4 as a fetch from before sound was kept left it (picture only, recorded
+    # in its stitched.json without sound): fetching again writes it anew, with the sound.
+    silent = tmp_path / "silent.mp4"
+    with av.open(str(mp4)) as src, av.open(str(silent), "w") as dst:
+        video = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = video
+                dst.mux(packet)
+    silent.replace(mp4)
+    kept = out / ".cache" / "stitched.json"
+    record = json.loads(kept.read_text())
+    record[mp4.name] = {k: v for k, v in record[mp4.name].items() if k != "audio"}
+    record[mp4.name]["size"] = mp4.stat().st_size
+    kept.write_text(json.dumps(record))
+    status, text, err = fetch_cmd(capsys, tmp_path, azurite, name, out, keys=folder)
+    assert status == 0, text + err
+    assert "[unchanged]" not in text, text
+    with av.open(str(mp4)) as opened:
+        assert sum(1 for p in opened.demux(audio=0) if p.size) == heard
+
 
 def test_a_card_cut_mid_segment_stitches_its_sound_up_to_the_last_checkpoint_and_verifies(
     tmp_path, capsys, keyed, frames, sound, monkeypatch

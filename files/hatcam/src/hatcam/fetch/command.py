@@ -414,6 +414,9 @@ class Fetch:
         """
         path = self.root / run.filename
         want = {"segments": run.names, "frames": run.frames, "ticks": run.duration_ticks}
+        audio = sum(p.segment.audio_packets or 0 for p in run.items)
+        if audio:  # an MP4 of these segments stitched without their sound is not the same
+            want["audio"] = audio
         old = record.get(run.filename)
         same = old and {k: old.get(k) for k in want} == want
         kept = same and path.is_file() and path.stat().st_size == old.get("size")
