@@ -54,12 +54,14 @@ class Job:
 
 
 class Exports:
-    """The jobs of this server, by id; each runs in a thread of its own."""
+    """The jobs of this server, by id; each runs in a thread of its own, one after the
+    other: they share the output folder and fetch's cache in it."""
 
     def __init__(self, settings, ring, out: Path):
         self.settings, self.ring, self.out = settings, ring, Path(out)
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
+        self.turn = threading.Lock()  # held by the export running now
 
     def start(self, device: str, start: datetime, end: datetime) -> str:
         job_id = uuid.uuid4().hex[:12]
@@ -72,6 +74,16 @@ class Exports:
         return job_id
 
     def _run(self, job: Job) -> None:
+        if not self.turn.acquire(blocking=False):
+            job.message = "waiting for the export before it"
+            self.turn.acquire()
+        try:
+            self._export(job)
+        finally:
+            self.turn.release()
+
+    def _export(self, job: Job) -> None:
+        job.message = "listing"
         args = command.build_args(
             ["--device", job.device, "--since", iso(job.start), "--until", iso(job.end)]
             + ["--out", str(job.out)]
