@@ -42,7 +42,7 @@ from pathlib import Path
 import av
 
 from .. import proof
-from ..files import fsync_dir
+from ..files import fsync_dir, write_atomic
 from ..segment import (
     CLOCK,
     TIME_BASE,
@@ -299,10 +299,7 @@ class SegmentFile:
         """Tell the uploader how many bytes are on the card: it never sends past them, so
         the cloud never holds what a power cut took. No fsync: after a power cut this file
         can only be older, never ahead of the bytes it counts."""
-        path = synced_path(self.path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(str(self.fh.tell()))
-        os.replace(tmp, path)
+        write_atomic(synced_path(self.path), str(self.fh.tell()).encode(), durable=False)
 
     def close(self) -> None:
         self.container.close()
