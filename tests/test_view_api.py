@@ -785,6 +785,15 @@ def blobs_of(answer: dict) -> list[str]:
     return [s["blob"] for s in answer["segments"]]
 
 
+def asked_again_later(app, device: str, path: str) -> dict:
+    """The next quick answer of the day, once the kept answer has expired."""
+    key = (device, T0.date())
+    app.view.days[key] = (time.monotonic() - 3600, app.view.days[key][1])
+    status, answer = app.json(path)
+    assert status == 200 and answer["checked"] is False, answer
+    return answer
+
+
 def test_a_day_index_gives_the_first_answer_and_the_full_listing_checks_it(
     azurite, container, serve, tmp_path
 ):
@@ -835,11 +844,18 @@ def test_an_index_line_of_a_blob_that_is_not_there_is_left_out_when_checked(
     quick, checked = quick_then_checked(app, "/api/timeline?device=idx2&day=2026-11-21")
     assert ghost in blobs_of(quick) and ghost not in blobs_of(checked)
     assert blobs_of(checked) == names
-    assert any(
-        "index.jsonl of idx2 for 2026-11-21 names 1 segment(s) that are not in the container"
-        in line
+    said = [
+        line
         for line in checked["problems"]
-    ), checked["problems"]
+        if "index.jsonl of idx2 for 2026-11-21 names 1 segment(s) that are not in the container"
+        in line
+    ]
+    assert said, checked["problems"]
+    # The day's next quick answer knows it, and says it while it is checked again.
+    path = "/api/timeline?device=idx2&day=2026-11-21"
+    again = asked_again_later(app, "idx2", path)
+    assert blobs_of(again) == names and again["problems"] == said
+    assert quick_then_checked(app, path)[1]["problems"] == said
 
 
 def test_a_segment_the_index_lacks_shows_when_checked_and_is_said(
@@ -857,6 +873,10 @@ def test_a_segment_the_index_lacks_shows_when_checked_and_is_said(
         "lacks 1 finished segment(s) that are in the container" in line
         for line in checked["problems"]
     ), checked["problems"]
+    path = "/api/timeline?device=idx3&day=2026-11-21"
+    again = asked_again_later(app, "idx3", path)
+    assert blobs_of(again) == names and again["problems"] == checked["problems"]
+    assert quick_then_checked(app, path)[1]["problems"] == checked["problems"]
 
 
 def test_garbage_lines_in_the_day_index_are_skipped_and_counted(

@@ -57,6 +57,7 @@ class View:
     checked: dict = field(default_factory=dict)  # signature checks, by blob name and etag
     days: dict = field(default_factory=dict)  # (device, day): (when, timeline answer)
     checking: dict = field(default_factory=dict)  # (device, day): its background full listing
+    fixes: dict = field(default_factory=dict)  # (device, day): what its last check found
     static: Path = STATIC
     segment_seconds: float = 10.0  # HATCAM_SEGMENT_SECONDS: when a camera counts as silent
     now: object = field(default=lambda: datetime.now(UTC))
@@ -159,8 +160,9 @@ async def day_timeline(request: Request) -> Response:
     if kept is not None and (time.monotonic() - kept[0] < keep or key in view.checking):
         return JSONResponse(kept[1], headers=NO_STORE)
     notes: list[str] = []
+    fixes = view.fixes.get(key)
     answer, quick = await _blocking(
-        view, timeline.quick_day, view.client, device, on, view.ring, notes, view.checked
+        view, timeline.quick_day, view.client, device, on, view.ring, notes, view.checked, fixes
     )
     if not answer["segments"]:  # an empty day, or a device this container never saw?
         names = (await _blocking(view, listing.discover, view.client))[0]
@@ -168,6 +170,7 @@ async def day_timeline(request: Request) -> Response:
             raise Problem(404, f"{device}: no footage of this device in {describe(view.client)}")
     answer = {**answer, "problems": notes}
     view.days = {k: v for k, v in view.days.items() if time.monotonic() - v[0] < DAY_KEPT_PAST}
+    view.fixes = {k: v for k, v in view.fixes.items() if k in view.days}
     view.days[key] = (time.monotonic(), answer)
     if quick is not None and key not in view.checking:
         view.checking[key] = asyncio.create_task(_check_day(view, quick, answer))
@@ -176,12 +179,13 @@ async def day_timeline(request: Request) -> Response:
 
 async def _check_day(view: View, quick: timeline.Quick, answer: dict) -> None:
     """The full listing of a quick answer's day, in the background: its answer (checked,
-    with what the day index got wrong) replaces the kept one. If the listing fails, the
-    quick answer stays, saying so, until it is asked for again after it expires."""
+    with what the day index got wrong) replaces the kept one, and what it found corrects
+    the day's next quick answers. If the listing fails, the quick answer stays, saying
+    so, until it is asked for again after it expires."""
     key = (quick.device, quick.on)
     notes: list[str] = []
     try:
-        full = await _blocking(
+        full, view.fixes[key] = await _blocking(
             view, timeline.checked_day, view.client, *key, view.ring, quick, notes, view.checked
         )
         view.days[key] = (time.monotonic(), {**full, "problems": notes})

@@ -9,7 +9,7 @@ needs the bytes, and ``hatcam fetch`` (or the export) does it.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
@@ -224,13 +224,24 @@ INDEX_LIMIT = 64 * 1024 * 1024  # a day of 10 s segments is ~10 MB; past this, l
 
 
 @dataclass
+class Fixes:
+    """What the last check of a day found its index got wrong, for the next quick answer
+    of that day (today's is asked for again and again): blobs it names that are not
+    there, finished segments it lacks, and those findings in words."""
+
+    absent: set[str] = field(default_factory=set)
+    lacked: list[listing.Remote] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Quick:
     """What a quick answer was made of, to check it against the day's full listing."""
 
     device: str
     on: date
-    indexed: dict[str, listing.Remote]  # the segments the day index named
-    shown: set[str]  # every segment of the quick answer (the index's, the tail's)
+    indexed: dict[str, listing.Remote]  # every segment the day index named
+    listed: set[str]  # the segments the quick answer's own listings found (the tail's)
     garbage: int  # lines of the index that are not this day's segments
 
     @property
@@ -264,13 +275,20 @@ def _index_etag(closing: ClosingRecord) -> str:
 
 
 def quick_day(
-    client, device: str, on: date, ring, notes: list[str] | None = None, checked=None
+    client,
+    device: str,
+    on: date,
+    ring,
+    notes: list[str] | None = None,
+    checked=None,
+    fixes: Fixes | None = None,
 ) -> tuple[dict, Quick | None]:
     """The day's answer from its day index (one download), with the tail after its newest
     segment listed (the segments still open, or not indexed yet): ``"checked": false``,
-    and what to check it with (``checked_day``). With no day index (or nothing in it),
-    the full listing's answer and None."""
+    and what to check it with (``checked_day``); ``fixes``: what the last check of this
+    day found. With no day index (or nothing in it), the full listing's answer and None."""
     notes = notes if notes is not None else []
+    fixes = fixes or Fixes()
     since, until = day_bounds(on)
     body = _download_index(client, device, on, notes)
     if body is None:
@@ -291,10 +309,12 @@ def quick_day(
     listed = listing.list_device(Window(client, newest, until), device, tail, until, notes)
     edge = since + timedelta(microseconds=1)
     listed += listing.list_device(Window(client, since, edge), device, since, edge, notes)
-    merged = {**indexed, **{r.name: r for r in listed}}  # the listing's word wins
+    merged = {name: r for name, r in indexed.items() if name not in fixes.absent}
+    merged.update({r.name: r for r in fixes.lacked})
+    merged.update({r.name: r for r in listed})  # the listing's word wins
     remotes = sorted(merged.values(), key=lambda r: (r.start, r.boot or "", r.seq or 0))
-    notes.extend(garbage_note(device, on, garbage))
-    quick = Quick(device, on, indexed, set(merged), garbage)
+    notes.extend(fixes.problems or garbage_note(device, on, garbage))
+    quick = Quick(device, on, indexed, {r.name for r in listed}, garbage)
     return answer_of(device, on, remotes, ring, checked, False), quick
 
 
@@ -309,18 +329,20 @@ def garbage_note(device: str, on: date, garbage: int) -> list[str]:
 
 def checked_day(
     client, device: str, on: date, ring, quick: Quick, notes: list[str] | None = None, checked=None
-) -> dict:
+) -> tuple[dict, Fixes]:
     """The day's answer from the full listing (``"checked": true``), with a line in
-    ``notes`` for each way the quick answer's day index differed from it."""
+    ``notes`` for each way the quick answer's day index differed from it; and those
+    differences, for the next quick answer of the day."""
     notes = notes if notes is not None else []
     since, until = day_bounds(on)
     remotes = listing.list_device(Window(client, since, until), device, since, until, notes)
     listed = {r.name: r for r in remotes}
-    absent = [name for name in quick.indexed if name not in listed]
-    if absent:
-        notes.append(
-            f"{quick.index} names {len(absent)} segment(s) that are not in the container "
-            f"(left out), e.g. {absent[0]}"
+    fixes = Fixes()
+    fixes.absent = {name for name in quick.indexed if name not in listed}
+    if fixes.absent:
+        fixes.problems.append(
+            f"{quick.index} names {len(fixes.absent)} segment(s) that are not in the "
+            f"container (left out), e.g. {min(fixes.absent)}"
         )
     differ = [
         name
@@ -330,18 +352,23 @@ def checked_day(
         != (mine.kind, mine.size, mine.md5, mine.proof)
     ]
     if differ:
-        notes.append(
+        fixes.problems.append(
             f"{quick.index}: {len(differ)} line(s) differ from the segments' closing records "
             f"(the closing records kept), e.g. {differ[0]}"
         )
-    lacked = [r.name for r in remotes if r.kind == listing.LIVE and r.name not in quick.shown]
-    if lacked:
-        notes.append(
-            f"{quick.index} lacks {len(lacked)} finished segment(s) that are in the "
-            f"container (shown now), e.g. {lacked[0]}"
+    fixes.lacked = [
+        r
+        for r in remotes
+        if r.kind == listing.LIVE and r.name not in quick.indexed and r.name not in quick.listed
+    ]
+    if fixes.lacked:
+        fixes.problems.append(
+            f"{quick.index} lacks {len(fixes.lacked)} finished segment(s) that are in the "
+            f"container (shown now), e.g. {fixes.lacked[0].name}"
         )
-    notes.extend(garbage_note(device, on, quick.garbage))
-    return answer_of(device, on, remotes, ring, checked, True)
+    fixes.problems.extend(garbage_note(device, on, quick.garbage))
+    notes.extend(fixes.problems)
+    return answer_of(device, on, remotes, ring, checked, True), fixes
 
 
 class Window:
