@@ -23,12 +23,17 @@ in Debian's chromium (tests/support/browser.py). Work files go to bench/work/vie
            when the camera captured that frame (the first segment's start + counter / fps):
            the delay from capture to screen, median and max, against the goal of live
            upload's recovery point (2 s) + 3 s.
-  timeline GET /api/timeline, the first answer of a fresh app (the app keeps a day's answer
-           a little, so asked again it is faster: reported beside), for a day of 8,640 10 s
-           segments (blobs with the device's metadata and signed records, made by
-           tests/support/manyblobs.py; the app checks every signature against the device's
-           key), beside the floor: the SDK's own listing of the same blobs with their
-           metadata; goal 1 s.
+  timeline GET /api/timeline for a day of 8,640 10 s segments sent live, as the uploader
+           sends them (tests/support/manyblobs.py, live form: an append blob and its
+           closing record per segment, 17,280 blobs, signed records, and the day index
+           index.jsonl of closing records), the device's key given (the app checks the
+           signatures). A fresh app's first answer comes from the day index (one download,
+           the tail after its newest segment listed: "checked": false); the app then lists
+           the whole day in the background to check it, and the page asks again until the
+           answer is checked: reported are the first answer, the time until the checked
+           one (asked every 0.1 s from the first request on), and the kept answer asked
+           again, beside the SDK's own listing of the same blobs with their metadata;
+           goal 1 s for the first answer.
 """
 
 from __future__ import annotations
@@ -273,7 +278,8 @@ def live(args, azurite: Azurite, browser, work: Path) -> dict:
 
 
 def timeline(args, azurite: Azurite, work: Path) -> dict:
-    """/api/timeline on a day of 8,640 blobs, beside the SDK's own listing of them."""
+    """/api/timeline on a live day of 8,640 segments (17,280 blobs and the day index):
+    the first answer, the checked one, beside the SDK's own listing of the blobs."""
     container = "day"
     client = azurite.container(container)
     day = START.replace(hour=0)
@@ -281,7 +287,9 @@ def timeline(args, azurite: Azurite, work: Path) -> dict:
     keys.mkdir(parents=True)
     key = proof.DeviceKey.generate(work / "daycam.key")
     (keys / f"daycam-{key.id}.pub").write_text(key.public_line("daycam") + "\n")
-    made = len(day_of_segments(client, "daycam", day, args.blobs, key=key))
+    started = time.perf_counter()
+    made = len(day_of_segments(client, "daycam", day, args.blobs, key=key, live=True, jobs=32))
+    made_s = time.perf_counter() - started
     store = {
         "BLOB_CONNECTION_STRING": azurite.connection_string(),
         "HATCAM_BLOB_CONTAINER": container,
@@ -290,19 +298,36 @@ def timeline(args, azurite: Azurite, work: Path) -> dict:
     prefix = f"daycam/{day:%Y-%m-%d}/"
     url_path = f"api/timeline?device=daycam&day={day:%Y-%m-%d}"
 
-    def fetch_json(app: ViewApp) -> tuple[float, int]:
-        started = time.perf_counter()
+    def fetch_json(app: ViewApp) -> dict:
         with urllib.request.urlopen(app.url + url_path, timeout=120) as answer:
-            body = json.load(answer)
-        return time.perf_counter() - started, len(body["segments"])
+            return json.load(answer)
 
-    def cold() -> tuple[float, float, int]:
+    def cold() -> dict:
         """A fresh app (nothing kept): the first answer, what a person opening the page
-        waits for; then the same question again, answered from what the app keeps."""
+        waits for; the checked answer, asked for every 0.1 s as the page does every
+        1.5 s; then the same question again, answered from what the app keeps."""
         with ViewApp(work / "view", store) as app:
-            first, segments = fetch_json(app)
-            again, _ = fetch_json(app)
-        return first, again, segments
+            started = time.perf_counter()
+            first = fetch_json(app)
+            first_s = time.perf_counter() - started
+            answer = first
+            while not answer["checked"]:
+                time.sleep(0.1)
+                answer = fetch_json(app)
+            checked_s = time.perf_counter() - started
+            again = time.perf_counter()
+            fetch_json(app)
+            kept_s = time.perf_counter() - again
+        same = all(first[k] == answer[k] for k in ("segments", "runs", "gaps", "proof"))
+        return {
+            "first_s": first_s,
+            "first_checked": first["checked"],
+            "checked_s": checked_s,
+            "kept_s": kept_s,
+            "segments": len(answer["segments"]),
+            "same": same,
+            "problems": answer["problems"],
+        }
 
     def floor() -> tuple[float, int]:
         started = time.perf_counter()
@@ -312,23 +337,34 @@ def timeline(args, azurite: Azurite, work: Path) -> dict:
     rounds = []
     for index in range(args.rounds):
         if index % 2 == 0:
-            (api_s, kept_s, segments), (floor_s, listed) = cold(), floor()
+            api, (floor_s, listed) = cold(), floor()
         else:
-            (floor_s, listed), (api_s, kept_s, segments) = floor(), cold()
-        rounds.append((api_s, floor_s, segments, listed, kept_s))
+            (floor_s, listed), api = floor(), cold()
+        rounds.append({**api, "listing_s": floor_s, "listed": listed})
     return {
         "blobs_made": made,
-        "segments_shown": rounds[0][2],
-        "blobs_listed": rounds[0][3],
+        "make_s": round(made_s, 1),
+        "segments_shown": rounds[0]["segments"],
+        "blobs_listed": rounds[0]["listed"],
+        "first_from_index": all(r["first_checked"] is False for r in rounds),
+        "first_same_as_checked": all(r["same"] for r in rounds),
+        "problems": rounds[0]["problems"],
         "rounds": [
-            {"api_s": round(r[0], 3), "listing_s": round(r[1], 3), "kept_s": round(r[4], 3)}
+            {
+                "api_s": round(r["first_s"], 3),
+                "checked_s": round(r["checked_s"], 3),
+                "listing_s": round(r["listing_s"], 3),
+                "kept_s": round(r["kept_s"], 3),
+            }
             for r in rounds
         ],
-        "api_s": round(median(r[0] for r in rounds), 3),
-        "api_max_s": round(max(r[0] for r in rounds), 3),
-        "kept_s": round(median(r[4] for r in rounds), 3),
-        "listing_s": round(median(r[1] for r in rounds), 3),
-        "ratio": round(median(r[0] / r[1] for r in rounds), 2),
+        "api_s": round(median(r["first_s"] for r in rounds), 3),
+        "api_max_s": round(max(r["first_s"] for r in rounds), 3),
+        "checked_s": round(median(r["checked_s"] for r in rounds), 3),
+        "checked_max_s": round(max(r["checked_s"] for r in rounds), 3),
+        "kept_s": round(median(r["kept_s"] for r in rounds), 3),
+        "listing_s": round(median(r["listing_s"] for r in rounds), 3),
+        "ratio": round(median(r["first_s"] / r["listing_s"] for r in rounds), 2),
     }
 
 
@@ -389,10 +425,11 @@ def main() -> int:
             f"follow live at {lv['size']}: capture to screen {lv['delay_p50_s']:.2f} s median, "
             f"{lv['delay_max_s']:.2f} s max over {lv['samples']} samples (goal <= 5 s: "
             f"{met['live_delay_5s']}); the page printed {lv['page_delay_p50_s']} s\n"
-            f"/api/timeline, {t['segments_shown']} segments: {t['api_s']:.3f} s median, "
-            f"{t['api_max_s']:.3f} s max, a fresh app's first answer (goal <= 1 s: "
-            f"{met['timeline_1s']}), {t['kept_s']:.3f} s asked again; the SDK's listing "
-            f"alone {t['listing_s']:.3f} s ({t['ratio']}x)"
+            f"/api/timeline, {t['segments_shown']} live segments ({t['blobs_listed']} blobs): "
+            f"{t['api_s']:.3f} s median, {t['api_max_s']:.3f} s max, a fresh app's first "
+            f"answer from the day index (goal <= 1 s: {met['timeline_1s']}); checked by the "
+            f"full listing {t['checked_s']:.3f} s after it was asked; {t['kept_s']:.3f} s asked "
+            f"again; the SDK's listing alone {t['listing_s']:.3f} s ({t['ratio']}x)"
         )
     return 0
 

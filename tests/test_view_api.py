@@ -750,3 +750,193 @@ def test_a_segment_across_midnight_shows_on_both_days(azurite, serve):
         assert starts["2026-11-21"] == ["23:59:55", "00:00:05", "00:00:15", "00:00:25"]
     finally:
         client.delete_container()
+
+
+# --- the day index: a quick first answer, checked by the full listing -----------------
+
+
+def live_day(client, tmp_path, device: str, start: datetime, count: int = 30, **kw):
+    """``count`` signed live segments of 30 s from ``start`` (append blobs, closing
+    records, the day index) and the keys directory that verifies them."""
+    from tests.support.manyblobs import day_of_segments
+
+    keys = tmp_path / "keys"
+    keys.mkdir(exist_ok=True)
+    key = proof.DeviceKey.generate(tmp_path / f"{device}.key")
+    (keys / f"{device}-{key.id}.pub").write_text(key.public_line(device) + "\n")
+    names = day_of_segments(client, device, start, count, 30.0, key=key, live=True, **kw)
+    return keys, names
+
+
+def quick_then_checked(app, path: str) -> tuple[dict, dict]:
+    """The first answer, and the checked one the page gets by asking again."""
+    status, quick = app.json(path)
+    assert status == 200, quick
+    answer, deadline = quick, time.monotonic() + 30
+    while not answer["checked"]:
+        assert time.monotonic() < deadline, f"never checked: {answer}"
+        time.sleep(0.1)
+        status, answer = app.json(path)
+        assert status == 200, answer
+    return quick, answer
+
+
+def blobs_of(answer: dict) -> list[str]:
+    return [s["blob"] for s in answer["segments"]]
+
+
+def asked_again_later(app, device: str, path: str) -> dict:
+    """The next quick answer of the day, once the kept answer has expired."""
+    key = (device, T0.date())
+    app.view.days[key] = (time.monotonic() - 3600, app.view.days[key][1])
+    status, answer = app.json(path)
+    assert status == 200 and answer["checked"] is False, answer
+    return answer
+
+
+def test_a_day_index_gives_the_first_answer_and_the_full_listing_checks_it(
+    azurite, container, serve, tmp_path
+):
+    """From 23:59:15 the day before, signed live segments of 30 s, the newest still
+    open: the quick answer (the index, the tail listed after it, the segment running into
+    the day from the day before) is the checked answer, with nothing to say."""
+    name, client = container
+    keys, names = live_day(
+        client, tmp_path, "idx1", T0.replace(hour=0) - timedelta(seconds=45), count=40, unfinished=1
+    )
+    app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)))
+    quick, checked = quick_then_checked(app, "/api/timeline?device=idx1&day=2026-11-21")
+    assert quick["checked"] is False and checked["checked"] is True
+    for part in ("segments", "runs", "gaps", "proof"):
+        assert quick[part] == checked[part], part
+    assert blobs_of(checked) == names[1:]  # 23:59:45 runs into the day
+    assert checked["segments"][-1]["live"] is True  # the open one, from the tail
+    assert len(checked["runs"]) == 1 and checked["problems"] == [] == quick["problems"]
+    assert [p["state"] for p in checked["proof"]] == ["verified", "unverified"]
+    status, again = app.json("/api/timeline?device=idx1&day=2026-11-21")
+    assert status == 200 and again == checked  # kept
+
+
+def test_an_index_line_of_a_blob_that_is_not_there_is_left_out_when_checked(
+    azurite, container, serve, tmp_path
+):
+    from hatcam.segment import (
+        ClosingRecord,
+        Contents,
+        SegmentName,
+        SegmentRecord,
+        day_index_name,
+        index_line,
+    )
+
+    from tests.support.manyblobs import append_index
+
+    name, client = container
+    keys, names = live_day(client, tmp_path, "idx2", T0.replace(hour=0))
+    at = T0.replace(hour=0) + timedelta(minutes=5, seconds=5)
+    ghost = SegmentName(at, "deadbeef", 0).blob_name("idx2")
+    record = SegmentRecord(
+        "idx2", at, at + timedelta(seconds=10), Contents(300, 0, 899_700, 320, 240), True
+    )
+    line = index_line(ghost, ClosingRecord(record, 188, "0" * 32))
+    append_index(client, day_index_name("idx2", T0.date()), [line])
+    app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)))
+    quick, checked = quick_then_checked(app, "/api/timeline?device=idx2&day=2026-11-21")
+    assert ghost in blobs_of(quick) and ghost not in blobs_of(checked)
+    assert blobs_of(checked) == names
+    said = [
+        line
+        for line in checked["problems"]
+        if "index.jsonl of idx2 for 2026-11-21 names 1 segment(s) that are not in the container"
+        in line
+    ]
+    assert said, checked["problems"]
+    # The day's next quick answer knows it, and says it while it is checked again.
+    path = "/api/timeline?device=idx2&day=2026-11-21"
+    again = asked_again_later(app, "idx2", path)
+    assert blobs_of(again) == names and again["problems"] == said
+    assert quick_then_checked(app, path)[1]["problems"] == said
+
+
+def test_a_segment_the_index_lacks_shows_when_checked_and_is_said(
+    azurite, container, serve, tmp_path
+):
+    """The third of 30 segments has no index line (a crash between its closing record and
+    its line): far from the tail, the quick answer lacks it, the checked one has it."""
+    name, client = container
+    keys, names = live_day(client, tmp_path, "idx3", T0.replace(hour=0), unindexed={2})
+    app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)))
+    quick, checked = quick_then_checked(app, "/api/timeline?device=idx3&day=2026-11-21")
+    assert names[2] not in blobs_of(quick) and blobs_of(checked) == names
+    assert len(checked["runs"]) == 1
+    assert any(
+        "lacks 1 finished segment(s) that are in the container" in line
+        for line in checked["problems"]
+    ), checked["problems"]
+    path = "/api/timeline?device=idx3&day=2026-11-21"
+    again = asked_again_later(app, "idx3", path)
+    assert blobs_of(again) == names and again["problems"] == checked["problems"]
+    assert quick_then_checked(app, path)[1]["problems"] == checked["problems"]
+
+
+def test_garbage_lines_in_the_day_index_are_skipped_and_counted(
+    azurite, container, serve, tmp_path
+):
+    from hatcam.segment import day_index_name
+
+    from tests.support.manyblobs import append_index
+
+    name, client = container
+    keys, names = live_day(client, tmp_path, "idx4", T0.replace(hour=0))
+    other = client.get_blob_client(day_index_name("idx4", T0.date())).download_blob().readall()
+    stray = other.splitlines(keepends=True)[0].replace(b"idx4/", b"idx5/")  # another folder's
+    garbage = [b"not json at all\n", b'{"blob": 7}\n', stray]
+    append_index(client, day_index_name("idx4", T0.date()), garbage)
+    app = serve(values_for(azurite, name, HATCAM_KEYS_DIR=str(keys)))
+    quick, checked = quick_then_checked(app, "/api/timeline?device=idx4&day=2026-11-21")
+    assert blobs_of(quick) == blobs_of(checked) == names
+    assert quick["proof"] == checked["proof"]
+    for answer in (quick, checked):
+        assert [line for line in answer["problems"] if "3 garbage line(s) skipped" in line]
+
+
+def test_one_signature_checks_an_unbroken_chain_of_records(tmp_path):
+    """fetch.verify.signed_records: a valid record vouches for the one its prev names,
+    so a chain costs one Ed25519 check; an altered record in it, or one whose successor
+    does not name it, is checked by its own signature."""
+    from hatcam.fetch import verify
+
+    key = proof.DeviceKey.generate(tmp_path / "c1.key")
+    ring = proof.KeyRing()
+    ring.add_line(key.public_line("c1"))
+    records, prev = [], ""
+    for k in range(6):
+        name = f"20261121T0800{k:02d}.000Z-0badcafe-{k:06d}.ts"
+        signed = key.sign(
+            {
+                "kind": "segment",
+                "device": "c1",
+                "name": name,
+                "seq": k,
+                "prev": prev,
+                "start": iso(T0 + timedelta(seconds=k)),
+            }
+        )
+        prev = proof.record_hash(signed)
+        records.append((f"c1/2026-11-21/{name}", name, signed))
+    checks = []
+    problem = ring.problem
+    ring.problem = lambda record: checks.append(record["seq"]) or problem(record)
+    assert verify.signed_records(ring, "c1", records) == {r[0]: True for r in records}
+    assert checks == [5]
+    checks.clear()
+    altered = [*records]
+    altered[2] = (*records[2][:2], {**records[2][2], "frames": 9})  # its hash changes
+    found = verify.signed_records(ring, "c1", altered)
+    assert found[records[2][0]] is False and checks == [5, 2, 1]
+    assert [found[r[0]] for r in records] == [True, True, False, True, True, True]
+    checks.clear()
+    assert verify.signed_records(ring, "c1", records, vouched={prev}) == {
+        r[0]: True for r in records
+    }
+    assert checks == []  # the newest vouched for by a record checked before

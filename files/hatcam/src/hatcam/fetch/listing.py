@@ -172,15 +172,18 @@ class Closing:
     proof: dict | None = None  # the device's signed record, when the closing record has one
 
     @classmethod
+    def of(cls, full: ClosingRecord) -> Closing:
+        """A complete closing record (its signed record was read with it)."""
+        record = None if full.record.damaged else full.record
+        return cls(full.length, bytes.fromhex(full.md5), record, full.record.end, full.record.proof)
+
+    @classmethod
     def parse(cls, meta: dict[str, str]) -> Closing | None:
         """None when the record gives no usable length and MD5. A record that is otherwise
         incomplete (a recovered segment has no picture size) still verifies the bytes."""
         full = ClosingRecord.from_metadata(meta)
         if full is not None:
-            record = None if full.record.damaged else full.record
-            return cls(
-                full.length, bytes.fromhex(full.md5), record, full.record.end, proof_of(meta)
-            )
+            return cls.of(full)
         try:
             length, md5 = int(meta["length"]), bytes.fromhex(meta["md5"])
         except (KeyError, ValueError, TypeError):
@@ -244,6 +247,25 @@ def _segment(props, closing: Closing | None = None) -> Remote | None:
         stored=props.size,
         **common,
     )
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """What ``_segment`` reads of a listed blob, for a segment known from elsewhere."""
+
+    name: str
+    etag: str
+    size: int
+    blob_type: str = "AppendBlob"
+    metadata: dict = field(default_factory=dict)
+
+
+def finished_live(blob: str, closing: ClosingRecord, etag: str) -> Remote | None:
+    """The Remote the listing gives for a finished live segment (its append blob and its
+    closing record ``<blob>.end``), from the closing record alone, as a day index line
+    gives it (segment.read_day_index); the blob's own size is not known: taken as the
+    closing record's length. None if ``blob`` is not a segment's name."""
+    return _segment(_Indexed(blob, etag, closing.length), Closing.of(closing))
 
 
 def _orphan_in_range(end_name: str, since, until) -> bool:

@@ -7,6 +7,7 @@ server keeps serving. Blocking calls (the Blob SDK, redis-py) run in the thread 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -55,6 +56,8 @@ class View:
     live: LiveParts = field(default_factory=LiveParts)
     checked: dict = field(default_factory=dict)  # signature checks, by blob name and etag
     days: dict = field(default_factory=dict)  # (device, day): (when, timeline answer)
+    checking: dict = field(default_factory=dict)  # (device, day): its background full listing
+    fixes: dict = field(default_factory=dict)  # (device, day): what its last check found
     static: Path = STATIC
     segment_seconds: float = 10.0  # HATCAM_SEGMENT_SECONDS: when a camera counts as silent
     now: object = field(default=lambda: datetime.now(UTC))
@@ -147,15 +150,19 @@ async def day_timeline(request: Request) -> Response:
         on = date.fromisoformat(text)
     except ValueError:
         raise Problem(400, f"day: {text!r} is not a date (use YYYY-MM-DD)") from None
-    # A day's listing takes the service a while (8,640 blobs for 10 s segments): the
-    # answer is kept a little, shorter for a day that may still grow.
+    # A day's listing takes the service a while (17,280 blobs for a live day of 10 s
+    # segments): the first answer comes from the day's index and is checked by one full
+    # listing in the background (the page asks again until the answer says "checked").
+    # Answers are kept a little, shorter for a day that may still grow.
     keep = DAY_KEPT_TODAY if on >= view.now().date() else DAY_KEPT_PAST
-    kept = view.days.get((device, on))
-    if kept is not None and time.monotonic() - kept[0] < keep:
+    key = (device, on)
+    kept = view.days.get(key)
+    if kept is not None and (time.monotonic() - kept[0] < keep or key in view.checking):
         return JSONResponse(kept[1], headers=NO_STORE)
     notes: list[str] = []
-    answer = await _blocking(
-        view, timeline.day, view.client, device, on, view.ring, notes, view.checked
+    fixes = view.fixes.get(key)
+    answer, quick = await _blocking(
+        view, timeline.quick_day, view.client, device, on, view.ring, notes, view.checked, fixes
     )
     if not answer["segments"]:  # an empty day, or a device this container never saw?
         names = (await _blocking(view, listing.discover, view.client))[0]
@@ -163,8 +170,33 @@ async def day_timeline(request: Request) -> Response:
             raise Problem(404, f"{device}: no footage of this device in {describe(view.client)}")
     answer = {**answer, "problems": notes}
     view.days = {k: v for k, v in view.days.items() if time.monotonic() - v[0] < DAY_KEPT_PAST}
-    view.days[(device, on)] = (time.monotonic(), answer)
+    view.fixes = {k: v for k, v in view.fixes.items() if k in view.days}
+    view.days[key] = (time.monotonic(), answer)
+    if quick is not None and key not in view.checking:
+        view.checking[key] = asyncio.create_task(_check_day(view, quick, answer))
     return JSONResponse(answer, headers=NO_STORE)
+
+
+async def _check_day(view: View, quick: timeline.Quick, answer: dict) -> None:
+    """The full listing of a quick answer's day, in the background: its answer (checked,
+    with what the day index got wrong) replaces the kept one, and what it found corrects
+    the day's next quick answers. If the listing fails, the quick answer stays, saying
+    so, until it is asked for again after it expires."""
+    key = (quick.device, quick.on)
+    notes: list[str] = []
+    try:
+        full, view.fixes[key] = await _blocking(
+            view, timeline.checked_day, view.client, *key, view.ring, quick, notes, view.checked
+        )
+        view.days[key] = (time.monotonic(), {**full, "problems": notes})
+    except Problem as exc:
+        failed = f"the day index's answer is not checked: the listing failed ({exc.message})"
+        when = view.days[key][0] if key in view.days else time.monotonic()
+        view.days[key] = (when, {**answer, "problems": [*answer["problems"], failed]})
+    except Exception:
+        log.exception("checking the timeline of %s for %s failed", *key)
+    finally:
+        view.checking.pop(key, None)
 
 
 # --- playlists, media ----------------------------------------------------------------

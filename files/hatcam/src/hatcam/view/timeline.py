@@ -9,11 +9,22 @@ needs the bytes, and ``hatcam fetch`` (or the export) does it.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+from ..blob import explain
 from ..fetch import listing, verify
-from ..segment import CLOSING_SUFFIX, blob_end, iso
+from ..segment import (
+    CLOSING_SUFFIX,
+    DAY_INDEX,
+    ClosingRecord,
+    blob_end,
+    day_index_name,
+    iso,
+    read_day_index,
+)
 
 VERIFIED, UNVERIFIED, MISSING = "verified", "unverified", "missing"
 # An unfinished segment's end when nothing else tells it: bytes at the camera's default rate.
@@ -149,17 +160,24 @@ def judge(
         checked.clear()
     by_name = {seg.blob: seg for seg in segs}
     records = []
+    hashes: dict[int, str] = {}  # the records' hashes, by id: for the chain check too
     if device in ring.devices():
-        for remote in remotes:
-            seg = by_name.get(remote.name)
-            if seg is None or remote.proof is None or remote.kind == listing.UNFINISHED:
-                continue
-            known = (remote.name, remote.etag)  # a blob's etag changes with its metadata
+        signed = [
+            r
+            for r in remotes
+            if r.name in by_name and r.proof is not None and r.kind != listing.UNFINISHED
+        ]
+        # A blob's etag changes with its metadata; a record found valid vouches for the
+        # one its prev names (one signature checked per chain: verify.signed_records).
+        vouched = {str(r.proof.get("prev")) for r in signed if checked.get((r.name, r.etag))}
+        todo = [(r.name, r.filename, r.proof) for r in signed if (r.name, r.etag) not in checked]
+        found = verify.signed_records(ring, device, todo, vouched, hashes) if todo else {}
+        for remote in signed:
+            known = (remote.name, remote.etag)
             if known not in checked:
-                problem = verify.record_problem(ring, remote.proof, device, remote.filename)
-                checked[known] = problem is None
+                checked[known] = found[remote.name]
             if checked[known]:
-                seg.proof = VERIFIED
+                by_name[remote.name].proof = VERIFIED
                 records.append((remote.name, remote.proof))
     ranges: list[dict] = []
     for seg in segs:
@@ -168,18 +186,19 @@ def judge(
             last["_end"] = max(last["_end"], seg.end)
             continue
         ranges.append({"_start": seg.start, "_end": seg.end, "state": seg.proof})
-    for gap in verify.chain(device, records) if records else []:
+    for gap in verify.chain(device, records, hashes) if records else []:
         ranges.append({"_start": gap.start, "_end": gap.end, "state": MISSING})
     ranges.sort(key=lambda r: r["_start"])
     return [{"start": iso(r["_start"]), "end": iso(r["_end"]), "state": r["state"]} for r in ranges]
 
 
-def day(client, device: str, on: date, ring, notes: list[str] | None = None, checked=None) -> dict:
-    """The ``/api/timeline`` answer for one device and UTC day."""
-    since, until = day_bounds(on)
-    remotes = listing.list_device(Window(client, since, until), device, since, until, notes)
+def answer_of(
+    device: str, on: date, remotes: list[listing.Remote], ring, checked_sigs, checked: bool
+) -> dict:
+    """The ``/api/timeline`` answer of a day's remotes; ``checked``: they are the full
+    listing's (else a quick answer from the day index, to be checked)."""
     segs = segs_of(remotes)
-    proof = judge(ring, device, remotes, segs, checked)
+    proof = judge(ring, device, remotes, segs, checked_sigs)
     runs = runs_of(segs)
     return {
         "device": device,
@@ -188,7 +207,168 @@ def day(client, device: str, on: date, ring, notes: list[str] | None = None, che
         "runs": [r.to_dict() for r in runs],
         "gaps": gaps_of(runs),
         "proof": proof,
+        "checked": checked,
     }
+
+
+def day(client, device: str, on: date, ring, notes: list[str] | None = None, checked=None) -> dict:
+    """The ``/api/timeline`` answer for one device and UTC day, from the full listing."""
+    since, until = day_bounds(on)
+    remotes = listing.list_device(Window(client, since, until), device, since, until, notes)
+    return answer_of(device, on, remotes, ring, checked, True)
+
+
+# --- the quick answer: the day index, then the full listing to check it ----------------
+
+INDEX_LIMIT = 64 * 1024 * 1024  # a day of 10 s segments is ~10 MB; past this, list instead
+
+
+@dataclass
+class Fixes:
+    """What the last check of a day found its index got wrong, for the next quick answer
+    of that day (today's is asked for again and again): blobs it names that are not
+    there, finished segments it lacks, and those findings in words."""
+
+    absent: set[str] = field(default_factory=set)
+    lacked: list[listing.Remote] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Quick:
+    """What a quick answer was made of, to check it against the day's full listing."""
+
+    device: str
+    on: date
+    indexed: dict[str, listing.Remote]  # every segment the day index named
+    listed: set[str]  # the segments the quick answer's own listings found (the tail's)
+    garbage: int  # lines of the index that are not this day's segments
+
+    @property
+    def index(self) -> str:
+        return f"{DAY_INDEX} of {self.device} for {self.on.isoformat()}"
+
+
+def _download_index(client, device: str, on: date, notes: list[str]) -> bytes | None:
+    """The day index's bytes; None when there is none (or it cannot be read: noted,
+    unless it is simply not there)."""
+    name = day_index_name(device, on)
+    try:
+        down = client.get_blob_client(name).download_blob()
+        if down.size > INDEX_LIMIT:
+            notes.append(f"{name}: {down.size} bytes, too big to be a day index; listed instead")
+            return None
+        return down.readall()
+    except ResourceNotFoundError:
+        return None
+    except HttpResponseError as exc:
+        notes.append(f"{name}: not read ({explain(exc, 'download', 'r')}); listed instead")
+        return None
+    except AzureError:
+        return None
+
+
+def _index_etag(closing: ClosingRecord) -> str:
+    """An index line's stand-in for an etag (the signature cache's key): what it says."""
+    sig = (closing.record.proof or {}).get("sig", "")
+    return f"index:{closing.md5}:{sig}"
+
+
+def quick_day(
+    client,
+    device: str,
+    on: date,
+    ring,
+    notes: list[str] | None = None,
+    checked=None,
+    fixes: Fixes | None = None,
+) -> tuple[dict, Quick | None]:
+    """The day's answer from its day index (one download), with the tail after its newest
+    segment listed (the segments still open, or not indexed yet): ``"checked": false``,
+    and what to check it with (``checked_day``); ``fixes``: what the last check of this
+    day found. With no day index (or nothing in it), the full listing's answer and None."""
+    notes = notes if notes is not None else []
+    fixes = fixes or Fixes()
+    since, until = day_bounds(on)
+    body = _download_index(client, device, on, notes)
+    if body is None:
+        return day(client, device, on, ring, notes, checked), None
+    found, garbage = read_day_index(body, f"{device}/{on:%Y-%m-%d}/")
+    indexed = {}
+    for blob, closing in found.items():
+        remote = listing.finished_live(blob, closing, _index_etag(closing))
+        if remote is not None and remote.device == device and remote.start < until:
+            indexed[blob] = remote
+    if not indexed:
+        notes.extend(garbage_note(device, on, garbage))
+        return day(client, device, on, ring, notes, checked), None
+    # The tail: what started since the index's newest segment (a segment is at most SLACK
+    # long), and a segment of the day before running into this one.
+    newest = max(r.start for r in indexed.values())
+    tail = max(since, newest - listing.SLACK)
+    listed = listing.list_device(Window(client, newest, until), device, tail, until, notes)
+    edge = since + timedelta(microseconds=1)
+    listed += listing.list_device(Window(client, since, edge), device, since, edge, notes)
+    merged = {name: r for name, r in indexed.items() if name not in fixes.absent}
+    merged.update({r.name: r for r in fixes.lacked})
+    merged.update({r.name: r for r in listed})  # the listing's word wins
+    remotes = sorted(merged.values(), key=lambda r: (r.start, r.boot or "", r.seq or 0))
+    notes.extend(fixes.problems or garbage_note(device, on, garbage))
+    quick = Quick(device, on, indexed, {r.name for r in listed}, garbage)
+    return answer_of(device, on, remotes, ring, checked, False), quick
+
+
+def garbage_note(device: str, on: date, garbage: int) -> list[str]:
+    if not garbage:
+        return []
+    return [
+        f"{DAY_INDEX} of {device} for {on.isoformat()}: {garbage} garbage line(s) skipped "
+        "(not this day's segments)"
+    ]
+
+
+def checked_day(
+    client, device: str, on: date, ring, quick: Quick, notes: list[str] | None = None, checked=None
+) -> tuple[dict, Fixes]:
+    """The day's answer from the full listing (``"checked": true``), with a line in
+    ``notes`` for each way the quick answer's day index differed from it; and those
+    differences, for the next quick answer of the day."""
+    notes = notes if notes is not None else []
+    since, until = day_bounds(on)
+    remotes = listing.list_device(Window(client, since, until), device, since, until, notes)
+    listed = {r.name: r for r in remotes}
+    fixes = Fixes()
+    fixes.absent = {name for name in quick.indexed if name not in listed}
+    if fixes.absent:
+        fixes.problems.append(
+            f"{quick.index} names {len(fixes.absent)} segment(s) that are not in the "
+            f"container (left out), e.g. {min(fixes.absent)}"
+        )
+    differ = [
+        name
+        for name, mine in quick.indexed.items()
+        if name in listed
+        and (listed[name].kind, listed[name].size, listed[name].md5, listed[name].proof)
+        != (mine.kind, mine.size, mine.md5, mine.proof)
+    ]
+    if differ:
+        fixes.problems.append(
+            f"{quick.index}: {len(differ)} line(s) differ from the segments' closing records "
+            f"(the closing records kept), e.g. {differ[0]}"
+        )
+    fixes.lacked = [
+        r
+        for r in remotes
+        if r.kind == listing.LIVE and r.name not in quick.indexed and r.name not in quick.listed
+    ]
+    if fixes.lacked:
+        fixes.problems.append(
+            f"{quick.index} lacks {len(fixes.lacked)} finished segment(s) that are in the "
+            f"container (shown now), e.g. {fixes.lacked[0].name}"
+        )
+    fixes.problems.extend(garbage_note(device, on, quick.garbage))
+    notes.extend(fixes.problems)
+    return answer_of(device, on, remotes, ring, checked, True), fixes
 
 
 class Window:
@@ -220,11 +400,35 @@ class Window:
         if lo <= first and hi >= first + timedelta(days=1):  # the whole day: one listing
             yield from self.client.list_blobs(name_starts_with=prefix, include=include, **kw)
             return
-        at = lo.replace(minute=lo.minute - lo.minute % 10, second=0, microsecond=0)
-        while at < hi:
-            bucket = f"{prefix}{at:%Y%m%dT%H}{at.minute // 10}"
-            yield from self.client.list_blobs(name_starts_with=bucket, include=include, **kw)
-            at += self.BUCKET
+        for bucket in buckets(first, lo, hi):
+            yield from self.client.list_blobs(
+                name_starts_with=prefix + bucket, include=include, **kw
+            )
+
+
+def buckets(first: datetime, lo: datetime, hi: datetime) -> list[str]:
+    """The fewest name prefixes (``YYYYMMDDTHHM``: ten minutes, ``YYYYMMDDTHH``: an hour,
+    ``YYYYMMDDTH``: ten hours) that cover the ten-minute buckets from ``lo``'s to the one
+    holding ``hi`` (exclusive) of the day that begins at ``first``: the rest of a day is a
+    few listings, not one per ten minutes."""
+    at = lo.replace(minute=lo.minute - lo.minute % 10, second=0, microsecond=0)
+    end = min(first + timedelta(days=1), hi)
+    if end.minute % 10 or end.second or end.microsecond:  # up to the bucket's end
+        end = end.replace(minute=end.minute - end.minute % 10, second=0, microsecond=0)
+        end += Window.BUCKET
+    found = []
+    while at < end:
+        hours = timedelta(hours=min(10, 24 - at.hour))
+        if at.minute == 0 and at.hour % 10 == 0 and at + hours <= end:
+            found.append(f"{at:%Y%m%dT}{at.hour // 10}")
+            at += hours
+        elif at.minute == 0 and at + timedelta(hours=1) <= end:
+            found.append(f"{at:%Y%m%dT%H}")
+            at += timedelta(hours=1)
+        else:
+            found.append(f"{at:%Y%m%dT%H}{at.minute // 10}")
+            at += Window.BUCKET
+    return found
 
 
 def recent(client, device: str, now: datetime, notes: list[str] | None = None) -> list[Seg]:

@@ -14,6 +14,7 @@ const state = {
   askedAt: null,         // Date asked for by the last play
   problems: new Map(),   // source -> [lines]
   stillsFetchedAt: 0,
+  recheck: null,         // the timer asking again for a timeline being checked
 };
 
 // --- problems: words, never a blank page ---------------------------------------------
@@ -204,6 +205,14 @@ async function loadTimeline() {
   if (device !== state.device || day !== state.day) return;  // answered too late
   state.timeline = body;
   drawTimeline();
+  // A quick answer (from the day's index) is being checked by a full listing: ask again
+  // until the checked one is there, while the same day is shown.
+  clearTimeout(state.recheck);
+  if (body && body.checked === false) {
+    state.recheck = setTimeout(() => {
+      if (device === state.device && day === state.day) loadTimeline();
+    }, 1500);
+  }
 }
 
 function drawTimeline() {
@@ -258,7 +267,8 @@ function drawTimeline() {
   const missing = (t.proof || []).filter((p) => p.state === "missing").length;
   $("timeline-summary").textContent =
     ` · ${t.segments.length} segment(s), ${duration(recorded)} recorded in ${t.runs.length} run(s), ` +
-    `${gaps} gap(s)${missing ? `, ${missing} missing range(s)` : ""}`;
+    `${gaps} gap(s)${missing ? `, ${missing} missing range(s)` : ""}` +
+    (t.checked === false ? " (checking…)" : "");
   if (!$("at-time").value) $("at-time").value = hms(new Date(Date.parse(t.runs[0].start)));
   if (!$("export-from").value) {
     const last = t.runs[t.runs.length - 1];
