@@ -196,9 +196,12 @@ def view_rows(v: dict) -> list[tuple[str, str, str, str, str]]:
             f"max <= 2 + 3 s: {verdict(v['goals']['live_delay_5s'])}",
         ),
         (
-            f"view: /api/timeline for a day of {t['segments_shown']} signed segments, a fresh "
-            "app's first answer, beside the SDK's listing of the same blobs with metadata",
-            f"{t['api_s']:.3f} s (max {t['api_max_s']:.3f} s; asked again {t['kept_s']:.3f} s)",
+            f"view: /api/timeline for a day of {t['segments_shown']} signed live segments "
+            f"({t['blobs_listed']} blobs with their closing records and the day index), a "
+            "fresh app's first answer (from the day index), beside the SDK's listing of the "
+            f"same blobs with metadata; median of {len(t['rounds'])} rounds",
+            f"{t['api_s']:.3f} s (max {t['api_max_s']:.3f} s; checked by the full listing "
+            f"{t['checked_s']:.3f} s after the request; asked again {t['kept_s']:.3f} s)",
             f"{t['listing_s']:.3f} s",
             f"{t['ratio']:.2f}x",
             f"<= 1 s: {verdict(v['goals']['timeline_1s'])}",

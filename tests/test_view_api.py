@@ -585,6 +585,38 @@ def test_an_export_is_the_mp4_hatcam_fetch_makes_with_its_progress(azurite, worl
     assert mp4 == fetched.read_bytes()
 
 
+def test_two_exports_at_once_run_one_after_the_other_and_both_finish(
+    azurite, world, serve, tmp_path
+):
+    """They share the output folder and fetch's cache in it: the second waits, says so,
+    then runs; both end with their files."""
+    values = values_for(azurite, world["container"], HATCAM_KEYS_DIR=str(world["keys"]))
+    app = serve(values, "--out", str(tmp_path / "exports"))
+
+    def start(device: str, since: datetime, until: datetime) -> str:
+        body = json.dumps({"device": device, "start": iso(since), "end": iso(until)})
+        status, _, reply = app.get(
+            "/api/export", {"Content-Type": "application/json"}, body.encode()
+        )
+        assert status == 202, reply
+        return json.loads(reply)["job"]
+
+    first = start("dev1", T0, T0 + timedelta(seconds=5))
+    second = start("dev2", T0, T0 + timedelta(seconds=20))
+    seen, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline:
+        a, b = (app.json(f"/api/export/{job}")[1] for job in (first, second))
+        seen.append((a["state"], b["state"], b["message"]))
+        if "running" not in (a["state"], b["state"]):
+            break
+        time.sleep(0.02)
+    assert a["state"] == b["state"] == "done", (a, b)
+    assert a["files"] and b["files"] and set(a["files"]).isdisjoint(b["files"])
+    together = [s for s in seen if s[0] == "running" and s[1] == "running"]
+    assert together, seen
+    assert all(message == "waiting for the export before it" for *_, message in together), seen
+
+
 def test_bad_export_requests_are_refused_in_words(azurite, world, serve, tmp_path):
     app = serve(values_for(azurite, world["container"]), "--out", str(tmp_path / "x"))
     for body, words in [
