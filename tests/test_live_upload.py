@@ -610,3 +610,74 @@ def test_a_block_blob_at_the_day_index_name_costs_the_index_not_the_footage(
         assert log.count(f"{name} refused") == (name in days), log
     state = json.loads((spool(settings) / "state" / "live.json").read_text())
     assert state["index"] == [], "the refused lines are not kept forever"
+
+
+class LoseOnePut(Proxy):
+    """Loses the 201 answer to the first PUT whose path (without its query) ends with
+    ``suffix`` and whose query holds ``query`` (none at all when empty): the service
+    applied it, the device did not hear."""
+
+    def __init__(self, upstream_port: int, suffix: str, query: str):
+        self.wanted, self.armed, self.lost = (suffix, query), False, False
+        super().__init__(upstream_port)
+        self.armed = True
+
+    def hit(self, exchange) -> bool:
+        path, _, query = exchange.path.partition("?")
+        suffix, wanted = self.wanted
+        if exchange.status != 201:  # only an answer saying it was applied
+            return False
+        return path.endswith(suffix) and (wanted in query if wanted else "comp=" not in query)
+
+    @property
+    def lose_replies(self) -> int:
+        with self.lock:
+            last = self.exchanges[-1] if self.exchanges else None
+        return int(self.armed and not self.lost and last is not None and self.hit(last))
+
+    @lose_replies.setter
+    def lose_replies(self, value: int) -> None:
+        self.lost = self.lost or (self.armed and value == 0)
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        pytest.param((".ts", ""), id="append blob create"),
+        pytest.param((CLOSING_SUFFIX, ""), id="closing record"),
+        pytest.param((DAY_INDEX, "comp=appendblock"), id="day index append"),
+    ],
+)
+def test_a_lost_reply_on_a_create_a_closing_record_or_the_index_is_not_an_error(
+    tmp_path, azurite, container_name, daemons, lost
+):
+    """The request landed, its answer did not: sent again, the service says it is there
+    (409 to a create-only request) and the uploader goes on; nothing lost, nothing
+    doubled, nothing marked damaged. An index line sent twice is there twice, and read
+    once."""
+    azurite.container(container_name)
+    with LoseOnePut(azurite.port, *lost) as proxy:
+        settings = settings_for(tmp_path, azurite, container_name, proxy, **LIGHT)
+        d = daemons(settings)
+        d.start("camera")
+        d.start("upload")
+        wait_until(lambda: proxy.lost, 60, "the lost answer")
+        time.sleep(3)
+        d.stop("camera")
+        drained(settings)
+        d.stop("upload")
+        [dropped] = [e for e in proxy.exchanges if e.stage == "reply dropped"]
+        after = proxy.exchanges[proxy.exchanges.index(dropped) :]
+        again = [e.status for e in after if e.path == dropped.path]
+    client = azurite.container(container_name, create=False)
+    finished = assert_all_landed_once(client, d.camera_runs)
+    assert dropped.status == 201, "the service applied it"
+    if lost[0] == DAY_INDEX:
+        assert again[:2] == [201, 201], again  # appended again, no condition to refuse it
+        body = client.download_blob(dropped.path.partition("?")[0].split("/", 3)[3])
+        found, bad = read_day_index(body.readall(), f"hat1/{dropped.path.split('/')[4]}/")
+        assert bad == 0 and set(found) == set(finished), "each segment read once"
+    else:
+        assert again[:2] == [201, 409], again
+    log = (tmp_path / "upload.log").read_text()
+    assert "damaged" not in log and "someone else" not in log, log
