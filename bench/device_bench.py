@@ -530,6 +530,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--only", help="comma-separated parts: continuity,latency,drain,memory,stills"
+    )
+    parser.add_argument("--drain", type=int, help="segments per drain round")
+    parser.add_argument("--rounds", type=int, help="drain rounds")
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -538,6 +543,8 @@ def main() -> int:
         if args.quick
         else dict(segments=360, latency=110, drain=200, rounds=5, memory=60, stills=100)
     )
+    counts.update({k: getattr(args, k) for k in ("drain", "rounds") if getattr(args, k)})
+    only = set(args.only.split(",")) if args.only else None
     azurite = Azurite(WORK / "azurite").start()
     redis_server = RedisServer(WORK / "redis").start()
     figures = {}
@@ -549,6 +556,8 @@ def main() -> int:
             ("memory", lambda: memory(counts["memory"], redis_server)),
             ("stills", lambda: stills(redis_server, counts["stills"])),
         ):
+            if only is not None and name not in only:
+                continue
             t0 = time.perf_counter()
             figures[name] = run()
             print(f"{name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
