@@ -19,6 +19,7 @@ from hatcam.blob import container_client
 from hatcam.device.camera.synthetic import SyntheticCamera
 from hatcam.device.stills import StillsPublisher
 from hatcam.device.uploader import Uploader
+from hatcam.segment import day_index_of
 
 from tests.support.footage import record, wait_until
 from tests.support.services import Azurite, RedisServer
@@ -144,9 +145,10 @@ def test_uploads_never_give_up_and_land_once_the_store_is_back(tmp_path):
         store.stop()
     assert max(waits[:500]) <= 60.0
     assert max(waits[400:500]) > 50, "still retrying at the cap after 500 failures"
-    # Live upload (a connection string may append): the segment and its closing record.
-    assert len(landed) == 2 and landed[0].endswith(segment.name), landed
-    assert landed[1] == landed[0] + ".end", landed
+    # Live upload (a connection string may append): the segment, its closing record and
+    # its line in the day index.
+    assert len(landed) == 3 and landed[0].endswith(segment.name), landed
+    assert landed[1:] == [landed[0] + ".end", day_index_of(landed[0])], landed
 
 
 # --- stills ---------------------------------------------------------------------------
