@@ -29,6 +29,7 @@ from hatcam.segment import (
     SegmentName,
     day_index_name,
     day_index_of,
+    is_day_index,
     read_day_index,
 )
 
@@ -543,7 +544,7 @@ def day_indexes(client) -> dict[str, bytes]:
     return {
         b.name: client.download_blob(b.name).readall()
         for b in client.list_blobs()
-        if b.name.endswith("/" + DAY_INDEX)
+        if is_day_index(b.name)
     }
 
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from hatcam.segment import DAY_INDEX, SegmentName, read_day_index
+from hatcam.segment import DAY_INDEX, SegmentName, is_day_index, read_day_index
 
 from tests.support.footage import record, start_hatcam, wait_until
 from tests.support.http_proxy import HttpProxy
@@ -76,7 +76,7 @@ def assert_landed_exactly_once(client, expected, live=True):
     assert segments == sorted(expected), "every segment once, nothing else"
     closing = sorted(name for name in blobs if name.endswith(".end"))
     assert closing == (sorted(n + ".end" for n in expected) if live else [])
-    indexes = sorted(name for name in blobs if name.endswith("/" + DAY_INDEX))
+    indexes = sorted(name for name in blobs if is_day_index(name))
     assert len(blobs) == len(segments) + len(closing) + len(indexes), "nothing else"
     indexed: dict = {}
     for index in indexes:  # live: each segment's closing record in its day index, once

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import av
 
-from hatcam.segment import CLOSING_SUFFIX, DAY_INDEX, LIVE_KEY
+from hatcam.segment import CLOSING_SUFFIX, LIVE_KEY, is_day_index
 
 SPOOL = "/var/lib/hatcam/spool"
 ENV_FILE = "/etc/hatcam/hatcam.env"
@@ -235,7 +235,7 @@ class Lab:
         return [
             b.name
             for b in client.list_blobs(name_starts_with=f"{self.pi.device}/")
-            if not b.name.endswith("/" + DAY_INDEX)
+            if not is_day_index(b.name)
         ]
 
     def blobs(self) -> dict[str, Segment]:
@@ -251,7 +251,7 @@ class Lab:
             b.name[: -len(CLOSING_SUFFIX)]: b for b in listed if b.name.endswith(CLOSING_SUFFIX)
         }
         for blob in listed:
-            if blob.name.endswith((CLOSING_SUFFIX, "/" + DAY_INDEX)):
+            if blob.name.endswith(CLOSING_SUFFIX) or is_day_index(blob.name):
                 continue
             match = NAME_RE.fullmatch(blob.name.rsplit("/", 1)[-1])
             assert match, f"unexpected blob name {blob.name}"

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from azure.storage.blob import ContainerClient
 
-from hatcam.segment import DAY_INDEX
+from hatcam.segment import is_day_index
 
 from .procs import alive, free_port
 from .services import ACCOUNT, ACCOUNT_KEY, Azurite, RedisServer, connection_string
@@ -220,7 +220,7 @@ def cmd_blobs(args) -> int:
         blobs = sorted(
             b.name
             for b in client.list_blobs(name_starts_with=f"{args.device}/")
-            if not b.name.endswith("/" + DAY_INDEX)
+            if not is_day_index(b.name)
         )
         names = {b.rsplit("/", 1)[-1] for b in blobs}
         if len(blobs) >= args.min and want <= names:

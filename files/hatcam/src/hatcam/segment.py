@@ -494,6 +494,11 @@ def day_index_of(blob: str) -> str:
     return f"{blob.rpartition('/')[0]}/{DAY_INDEX}"
 
 
+def is_day_index(blob: str) -> bool:
+    """Whether a blob name is a day index (it holds no footage)."""
+    return blob.endswith("/" + DAY_INDEX)
+
+
 def index_line(blob: str, closing: ClosingRecord) -> bytes:
     """A finished segment's line in its day index: the closing record and the blob's name."""
     fields = {"blob": blob, **closing.to_metadata()}

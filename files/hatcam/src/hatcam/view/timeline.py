@@ -211,11 +211,15 @@ def answer_of(
     }
 
 
+def listed_day(client, device: str, on: date, notes: list[str] | None) -> list[listing.Remote]:
+    """The device's segments of one UTC day, from the full listing (the truth)."""
+    since, until = day_bounds(on)
+    return listing.list_device(Window(client, since, until), device, since, until, notes)
+
+
 def day(client, device: str, on: date, ring, notes: list[str] | None = None, checked=None) -> dict:
     """The ``/api/timeline`` answer for one device and UTC day, from the full listing."""
-    since, until = day_bounds(on)
-    remotes = listing.list_device(Window(client, since, until), device, since, until, notes)
-    return answer_of(device, on, remotes, ring, checked, True)
+    return answer_of(device, on, listed_day(client, device, on, notes), ring, checked, True)
 
 
 # --- the quick answer: the day index, then the full listing to check it ----------------
@@ -334,8 +338,7 @@ def checked_day(
     ``notes`` for each way the quick answer's day index differed from it; and those
     differences, for the next quick answer of the day."""
     notes = notes if notes is not None else []
-    since, until = day_bounds(on)
-    remotes = listing.list_device(Window(client, since, until), device, since, until, notes)
+    remotes = listed_day(client, device, on, notes)
     listed = {r.name: r for r in remotes}
     fixes = Fixes()
     fixes.absent = {name for name in quick.indexed if name not in listed}
